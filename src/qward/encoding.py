@@ -79,7 +79,9 @@ def parse_canonical_json(data: bytes, *, what: str) -> dict[str, JSONValue]:
     try:
         text = data.decode("utf-8")
         value = json.loads(
-            text, object_pairs_hook=_reject_duplicates, parse_float=_reject_float,
+            text,
+            object_pairs_hook=_reject_duplicates,
+            parse_float=_reject_float,
             parse_constant=_reject_float,
         )
     except FormatError as exc:

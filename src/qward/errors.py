@@ -4,8 +4,8 @@ Every failure qward reports is a ``QwardError``; the CLI and the HTTP layer are 
 catch it wholesale, mapping each family to an exit code or an HTTP status::
 
     QwardError
-    ├── InputError               bad input from a caller: malformed file, wrong shape, over a size limit
-    │   └── FormatError          an artifact (sealed blob, receipt, note, trust bundle) does not parse
+    ├── InputError               bad input: malformed file, wrong shape, over a size limit
+    │   └── FormatError          an artifact (sealed blob, receipt, note, trust) does not parse
     ├── CryptoError              a cryptographic operation failed
     │   ├── DecryptionError      authentication failed while opening a sealed artifact
     │   └── UnknownKeyError      an artifact names a key id nobody trusts or holds
@@ -122,7 +122,7 @@ class AuditError(QwardError):
     code = "audit_unavailable"
 
 
-class RuntimeFailure(QwardError):
+class RuntimeFailure(QwardError):  # noqa: N818 - names the failure, not an exception kind
     """The sandboxed worker failed, timed out or was killed."""
 
     code = "runtime_failure"

@@ -35,7 +35,7 @@ _KNOWN = {MLKEM768_X25519_HKDF_SHA256_AES_256_GCM, MLDSA65_ED25519, ED25519, MLD
 
 
 class Policy(enum.StrEnum):
-    """Which suites a deployment accepts. ``HYBRID`` is the default and the only one built so far."""
+    """Which suites a deployment accepts; ``HYBRID`` is the default and the only one so far."""
 
     HYBRID = "hybrid"
 
@@ -46,5 +46,7 @@ def require_suite(suite: object, *, expected: str, what: str) -> str:
         raise FormatError(f"{what}: suite id is missing")
     if suite != expected:
         known = "known" if suite in _KNOWN else "unknown"
-        raise FormatError(f"{what}: suite {suite!r} ({known}) is not accepted here; need {expected}")
+        raise FormatError(
+            f"{what}: suite {suite!r} ({known}) is not accepted here; need {expected}"
+        )
     return suite

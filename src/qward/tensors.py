@@ -90,7 +90,9 @@ class Tensor:
             raise InputError(f"tensor {name!r}: numpy dtype {array.dtype} is not supported")
         contiguous = np.ascontiguousarray(array, dtype=dtype)
         return cls(
-            name=name, datatype=_BY_DTYPE[dtype], shape=tuple(int(d) for d in array.shape),
+            name=name,
+            datatype=_BY_DTYPE[dtype],
+            shape=tuple(int(d) for d in array.shape),
             data=contiguous.tobytes(),
         )
 
@@ -110,7 +112,9 @@ def encode_tensors(tensors: Iterable[Tensor]) -> bytes:
         name = t.name.encode("utf-8")
         dtype = t.datatype.encode("ascii")
         parts.append(struct.pack(">H", len(name)) + name + struct.pack(">B", len(dtype)) + dtype)
-        parts.append(struct.pack(">B", len(t.shape)) + b"".join(struct.pack(">Q", d) for d in t.shape))
+        parts.append(
+            struct.pack(">B", len(t.shape)) + b"".join(struct.pack(">Q", d) for d in t.shape)
+        )
         parts.append(struct.pack(">Q", len(t.data)))
         parts.append(t.data)
     return b"".join(parts)
@@ -215,16 +219,18 @@ def _tensor_from_json(index: int, item: object) -> Tensor:
     except (ValueError, TypeError, OverflowError):
         raise InputError(f"{where} ({name}): data does not fit datatype {datatype}") from None
     if array.size != math.prod(shape):
-        raise InputError(
-            f"{where} ({name}): {array.size} values do not fill shape {shape}"
-        )
+        raise InputError(f"{where} ({name}): {array.size} values do not fill shape {shape}")
     return Tensor.from_numpy(name, array.reshape(shape))
 
 
 def tensors_to_json(tensors: Iterable[Tensor]) -> list[dict[str, Any]]:
     """KServe V2 style output objects (name, datatype, shape, flat data)."""
     return [
-        {"name": t.name, "datatype": t.datatype, "shape": list(t.shape),
-         "data": t.to_numpy().reshape(-1).tolist()}
+        {
+            "name": t.name,
+            "datatype": t.datatype,
+            "shape": list(t.shape),
+            "data": t.to_numpy().reshape(-1).tolist(),
+        }
         for t in sorted(tensors, key=lambda t: t.name)
     ]

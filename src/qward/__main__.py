@@ -1,0 +1,5 @@
+"""``python -m qward``: the ``qward`` command."""
+
+from qward.cli import main
+
+main()

@@ -1,0 +1,269 @@
+"""The ``qward`` command. It is public code: it never imports ``qward.protected``.
+
+Every command resolves its errors in one place, ``main``: a ``QwardError`` becomes one line on
+stderr and an exit code (1 verification failed, 2 bad input, 3 core or runtime failure), never a
+traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from importlib import resources
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from qward.client import Client, seal_model
+from qward.core_process import CoreProcess, core_session
+from qward.encoding import read_limited
+from qward.errors import (
+    CoreUnavailableError,
+    FormatError,
+    InputError,
+    QwardError,
+    RuntimeFailure,
+    VerificationError,
+)
+from qward.receipts.receipt import MAX_RECEIPT_BYTES
+from qward.receipts.trust import TrustBundle
+from qward.receipts.verify import Verifier
+from qward.tensors import tensors_digest, tensors_from_json, tensors_to_json
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="qward: quantum-safe, attested, audited model execution.",
+)
+log_app = typer.Typer(no_args_is_help=True, help="Transparency log tools.")
+app.add_typer(log_app, name="log")
+console = Console()
+err_console = Console(stderr=True)
+
+MAX_MODEL_FILE = 1024 * 1024 * 1024
+MAX_REQUEST_FILE = 64 * 1024 * 1024
+StateDir = Annotated[
+    Path, typer.Option("--state-dir", help="Core state directory.", envvar="QWARD_STATE_DIR")
+]
+_DEFAULT_STATE = Path(".qward")
+
+
+def _trust(state_dir: Path, trust_file: Path | None) -> TrustBundle:
+    path = trust_file or state_dir / "trust.json"
+    return TrustBundle.from_bytes(read_limited(str(path), limit=256 * 1024, what="trust bundle"))
+
+
+def _example(name: str) -> bytes:
+    return resources.files("qward.examples").joinpath(name).read_bytes()
+
+
+@app.command()
+def demo(state_dir: StateDir = _DEFAULT_STATE) -> None:
+    """Seal the bundled model, run it attested, verify the receipt offline and replay it."""
+    core = CoreProcess.start(state_dir)
+    try:
+        with core.client() as core_client:
+            trust = core_client.trust()
+            sdk = Client(core_client, trust=trust)
+            with console.status("sealing and registering the example model"):
+                info = sdk.register(_example("iris-mlp.onnx"), name="iris-mlp")
+            inputs, params = tensors_from_json(_example("iris-request.json"))
+            seed = int(params.get("seed", 0))
+            run = sdk.run(info.model_sha256, inputs, seed=seed)
+            receipt_path = state_dir / "receipts" / f"{run.verified.bundle.receipt_id}.json"
+            receipt_path.parent.mkdir(parents=True, exist_ok=True)
+            receipt_path.write_bytes(run.receipt)
+            replay = sdk.replay(run.receipt, inputs)
+    finally:
+        core.stop()
+    _print_run(info.isolation, run.verified.body, run.outputs, receipt_path, replay.verdict)
+
+
+def _print_run(
+    isolation: dict[str, object],
+    body: dict[str, object],
+    outputs: object,
+    receipt_path: Path,
+    verdict: str,
+) -> None:
+    table = Table(title="qward demo: attested run of the bundled iris model", show_header=False)
+    model, output = body["model"], body["output"]
+    assert isinstance(model, dict) and isinstance(output, dict)
+    table.add_row("model sha256", str(model["sha256"]))
+    table.add_row("output sha256", str(output["sha256"]))
+    table.add_row("outputs", json.dumps(tensors_to_json(outputs))[:300])  # type: ignore[arg-type]
+    table.add_row("receipt", f"{receipt_path} (signature, inclusion proof, checkpoint: verified)")
+    table.add_row("replay", verdict)
+    degraded = isolation.get("degraded") or []
+    table.add_row("isolation degraded", ", ".join(map(str, degraded)) if degraded else "none")  # type: ignore[call-overload]
+    console.print(table)
+    console.print(
+        f"verify it yourself: qward verify {receipt_path} --state-dir {receipt_path.parent.parent}"
+    )
+
+
+@app.command()
+def seal(
+    model: Annotated[Path, typer.Argument(help="Plaintext ONNX model to seal.")],
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Where to write the sealed model.")
+    ],
+    trust_file: Annotated[Path | None, typer.Option("--trust")] = None,
+    state_dir: StateDir = _DEFAULT_STATE,
+) -> None:
+    """Seal a model to the core's public key (run by the model owner)."""
+    sealed = seal_model(
+        read_limited(str(model), limit=MAX_MODEL_FILE, what="model"),
+        trust=_trust(state_dir, trust_file),
+    )
+    output.write_bytes(sealed)
+    console.print(f"sealed {model} -> {output} ({len(sealed)} bytes)")
+
+
+@app.command()
+def run(
+    model: Annotated[Path, typer.Option("--model", help="Plaintext ONNX model (sealed locally).")],
+    input_file: Annotated[Path, typer.Option("--input", help="V2 JSON inference request.")],
+    receipt_out: Annotated[Path, typer.Option("--receipt", help="Where to write the receipt.")],
+    state_dir: StateDir = _DEFAULT_STATE,
+) -> None:
+    """Register a model if needed, run it on a request, and write the verified receipt."""
+    model_bytes = read_limited(str(model), limit=MAX_MODEL_FILE, what="model")
+    inputs, params = tensors_from_json(
+        read_limited(str(input_file), limit=MAX_REQUEST_FILE, what="input")
+    )
+    seed = params.pop("seed", 0)
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise InputError("parameters.seed must be an integer")
+    with core_session(state_dir) as core_client:
+        sdk = Client(core_client, trust=_trust(state_dir, None))
+        info = sdk.register(model_bytes, name=model.name)
+        result = sdk.run(info.model_sha256, inputs, seed=seed, parameters=params)
+    receipt_out.write_bytes(result.receipt)
+    console.print_json(
+        json.dumps(
+            {
+                "outputs": tensors_to_json(result.outputs),
+                "receipt_id": result.verified.bundle.receipt_id,
+                "log_index": result.log_index,
+            }
+        )
+    )
+
+
+@app.command()
+def verify(
+    receipt: Annotated[Path, typer.Argument(help="Receipt file to verify offline.")],
+    trust_file: Annotated[Path | None, typer.Option("--trust", help="Pinned trust bundle.")] = None,
+    model: Annotated[Path | None, typer.Option("--model", help="Also check this model.")] = None,
+    input_file: Annotated[
+        Path | None, typer.Option("--input", help="Also check this input.")
+    ] = None,
+    state_dir: StateDir = _DEFAULT_STATE,
+) -> None:
+    """Verify a receipt offline: signatures, inclusion proof and signed checkpoint."""
+    verified = Verifier(trust=_trust(state_dir, trust_file)).verify(
+        read_limited(str(receipt), limit=MAX_RECEIPT_BYTES, what="receipt")
+    )
+    if model is not None:
+        Verifier.check_model(verified, read_limited(str(model), limit=MAX_MODEL_FILE, what="model"))
+    if input_file is not None:
+        inputs, _ = tensors_from_json(
+            read_limited(str(input_file), limit=MAX_REQUEST_FILE, what="input")
+        )
+        if tensors_digest(inputs) != verified.body["input"]["sha256"]:
+            raise VerificationError("the input file is not the input this receipt records")
+    console.print(
+        f"[green]OK[/green] receipt {verified.bundle.receipt_id}: signature "
+        f"{verified.bundle.signature.suite}, log entry {verified.bundle.index} of "
+        f"{verified.checkpoint.size} in {verified.checkpoint.origin}"
+    )
+
+
+@app.command()
+def replay(
+    receipt: Annotated[Path, typer.Argument(help="Receipt to replay.")],
+    input_file: Annotated[Path, typer.Option("--input", help="The original V2 JSON request.")],
+    state_dir: StateDir = _DEFAULT_STATE,
+) -> None:
+    """Re-run the receipt's model on the same input and seed; succeed only on identical bytes."""
+    receipt_bytes = read_limited(str(receipt), limit=MAX_RECEIPT_BYTES, what="receipt")
+    inputs, _ = tensors_from_json(
+        read_limited(str(input_file), limit=MAX_REQUEST_FILE, what="input")
+    )
+    with core_session(state_dir) as core_client:
+        result = Client(core_client, trust=_trust(state_dir, None)).replay(receipt_bytes, inputs)
+    console.print(f"[green]{result.verdict}[/green]: output sha256 {result.output_sha256}")
+
+
+@log_app.command("verify")
+def log_verify(state_dir: StateDir = _DEFAULT_STATE) -> None:
+    """Recompute the whole log from its entries and check every checkpoint."""
+    from qward.tlog.audit import verify_log
+    from qward.tlog.store import SQLiteLogStore
+
+    trust = _trust(state_dir, None)
+    path = state_dir / "log.sqlite"
+    if not path.exists():
+        raise InputError(f"no log at {path}")
+    store = SQLiteLogStore.open(path)
+    try:
+        report = verify_log(store, origin=trust.origin, verifiers=trust.log_verifiers)
+    finally:
+        store.close()
+    console.print(
+        f"[green]OK[/green] {report.entries} entries, {report.checkpoints} checkpoints "
+        f"verified in {report.seconds:.3f} s"
+    )
+
+
+@app.command()
+def serve(
+    state_dir: StateDir = _DEFAULT_STATE,
+    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to bind.")] = 8000,
+) -> None:
+    """Start the protected core and the public HTTP API in front of it."""
+    import uvicorn
+
+    from qward.server import create_app
+
+    core = CoreProcess.start(state_dir)
+    try:
+        uvicorn.run(create_app(state_dir), host=host, port=port, log_level="info")
+    finally:
+        core.stop()
+
+
+_EXIT_CODES: list[tuple[type[QwardError], int]] = [
+    (VerificationError, 1),
+    (FormatError, 1),
+    (InputError, 2),
+    (CoreUnavailableError, 3),
+    (RuntimeFailure, 3),
+]
+
+
+def main() -> None:
+    """Console entry point: run the app and map errors to exit codes."""
+    try:
+        app(standalone_mode=False)
+    except QwardError as exc:
+        code = next((c for cls, c in _EXIT_CODES if isinstance(exc, cls)), 3)
+        err_console.print(f"[red]error[/red] ({exc.code}): {exc}")
+        sys.exit(code)
+    except (typer.Abort, KeyboardInterrupt):
+        sys.exit(130)
+    except Exception as exc:  # click usage errors arrive here in standalone_mode=False
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise

@@ -1,0 +1,214 @@
+"""The one doorway between the public process and the protected core.
+
+``CoreInterface`` is what public code may ask of the core; ``CoreClient`` implements it over the
+core's Unix socket with ``qward.framing`` frames. Requests are ``{"op": ...}`` headers with an
+optional binary payload; replies are ``{"ok": true, ...}`` or ``{"ok": false, "code", "message"}``,
+and an error code maps back to the same ``QwardError`` subclass the core raised. Nothing here ever
+carries a private key, and only sealed models and inputs travel toward the core.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from qward import errors
+from qward.encoding import b64decode
+from qward.errors import CoreUnavailableError, QwardError
+from qward.framing import recv_frame, send_frame
+from qward.receipts.trust import TrustBundle
+from qward.tensors import Tensor, decode_tensors
+
+__all__ = [
+    "MAX_FRAME_PAYLOAD",
+    "CoreClient",
+    "CoreInterface",
+    "ModelInfo",
+    "ReplayResult",
+    "RunResult",
+    "error_from_reply",
+]
+
+MAX_FRAME_PAYLOAD = 1024 * 1024 * 1024
+
+_ERRORS: dict[str, type[QwardError]] = {
+    cls.code: cls
+    for name in errors.__all__
+    if isinstance(cls := getattr(errors, name), type)
+    and issubclass(cls, QwardError)
+    and cls is not errors.LogInconsistencyError
+}
+
+
+def error_from_reply(header: dict[str, Any]) -> QwardError:
+    """Rebuild the error the core reported."""
+    cls = _ERRORS.get(str(header.get("code")), QwardError)
+    return cls(str(header.get("message", "the core reported an error")))
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelInfo:
+    """A model the core holds: its digest, signature and the isolation its worker achieved."""
+
+    model_sha256: str
+    name: str
+    inputs: list[dict[str, Any]]
+    outputs: list[dict[str, Any]]
+    isolation: dict[str, Any]
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunResult:
+    """Outputs of one attested run and the receipt bundle bytes."""
+
+    outputs: tuple[Tensor, ...]
+    receipt: bytes
+    receipt_id: str
+    log_index: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReplayResult:
+    """The verdict of a replay: ``"bitwise-identical"`` or ``"mismatch"``."""
+
+    verdict: str
+    output_sha256: str
+    expected_sha256: str
+    outputs: tuple[Tensor, ...]
+
+
+class CoreInterface(Protocol):
+    """What the public surface may ask of the protected core."""
+
+    def trust(self) -> TrustBundle: ...
+    def register_model(self, sealed_model: bytes, *, name: str) -> ModelInfo: ...
+    def run(
+        self, model_sha256: str, sealed_input: bytes, *, seed: int, parameters: dict[str, Any]
+    ) -> RunResult: ...
+    def replay(self, receipt: bytes, sealed_input: bytes) -> ReplayResult: ...
+    def checkpoint(self) -> bytes: ...
+    def inclusion_proof(self, index: int, size: int) -> tuple[bytes, ...]: ...
+    def consistency_proof(self, old_size: int, new_size: int) -> tuple[bytes, ...]: ...
+
+
+def _model_info(header: dict[str, Any]) -> ModelInfo:
+    return ModelInfo(
+        model_sha256=header["model_sha256"],
+        name=header["name"],
+        inputs=header["inputs"],
+        outputs=header["outputs"],
+        isolation=header["isolation"],
+    )
+
+
+def _hashes(values: Any) -> tuple[bytes, ...]:
+    return tuple(b64decode(v, what="proof hash") for v in values)
+
+
+class CoreClient:
+    """``CoreInterface`` over the core's Unix socket (one connection, requests serialised)."""
+
+    def __init__(self, socket_path: Path, *, timeout: float = 120.0) -> None:
+        self._path = socket_path
+        self._timeout = timeout
+        self._lock = threading.Lock()
+        self._sock: socket.socket | None = None
+
+    def _connect(self) -> socket.socket:
+        if self._sock is None:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(self._timeout)
+            try:
+                sock.connect(str(self._path))
+            except OSError as exc:
+                sock.close()
+                raise CoreUnavailableError(
+                    f"cannot reach the protected core at {self._path}: {exc.strerror}"
+                ) from None
+            self._sock = sock
+        return self._sock
+
+    def call(self, header: dict[str, Any], payload: bytes = b"") -> tuple[dict[str, Any], bytes]:
+        """Send one request and return the reply; a reported error is raised."""
+        with self._lock:
+            sock = self._connect()
+            try:
+                send_frame(sock, header, payload)
+                reply, body = recv_frame(sock, max_payload=MAX_FRAME_PAYLOAD)
+            except (OSError, EOFError) as exc:
+                self.close_unlocked()
+                raise CoreUnavailableError(f"the protected core connection failed: {exc}") from None
+        if not reply.get("ok"):
+            raise error_from_reply(reply)
+        return reply, body
+
+    def close_unlocked(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    def close(self) -> None:
+        """Close the connection."""
+        with self._lock:
+            self.close_unlocked()
+
+    def __enter__(self) -> CoreClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def trust(self) -> TrustBundle:
+        """The core's public keys."""
+        _, body = self.call({"op": "trust"})
+        return TrustBundle.from_bytes(body)
+
+    def register_model(self, sealed_model: bytes, *, name: str) -> ModelInfo:
+        """Hand the core a sealed model; it opens it and starts a sandboxed worker."""
+        reply, _ = self.call({"op": "register_model", "name": name}, sealed_model)
+        return _model_info(reply)
+
+    def run(
+        self, model_sha256: str, sealed_input: bytes, *, seed: int, parameters: dict[str, Any]
+    ) -> RunResult:
+        """Run a registered model on a sealed input; returns outputs and a logged receipt."""
+        reply, body = self.call(
+            {"op": "run", "model_sha256": model_sha256, "seed": seed, "parameters": parameters},
+            sealed_input,
+        )
+        return RunResult(
+            outputs=decode_tensors(body),
+            receipt=reply["receipt"].encode("utf-8"),
+            receipt_id=reply["receipt_id"],
+            log_index=reply["log_index"],
+        )
+
+    def replay(self, receipt: bytes, sealed_input: bytes) -> ReplayResult:
+        """Re-run the receipt's model on the same input and seed, comparing bytes."""
+        reply, body = self.call({"op": "replay", "receipt": receipt.decode("utf-8")}, sealed_input)
+        return ReplayResult(
+            verdict=reply["verdict"],
+            output_sha256=reply["output_sha256"],
+            expected_sha256=reply["expected_sha256"],
+            outputs=decode_tensors(body),
+        )
+
+    def checkpoint(self) -> bytes:
+        """The latest signed checkpoint."""
+        _, body = self.call({"op": "checkpoint"})
+        return body
+
+    def inclusion_proof(self, index: int, size: int) -> tuple[bytes, ...]:
+        """Inclusion proof of entry ``index`` in the tree of ``size`` entries."""
+        reply, _ = self.call({"op": "inclusion_proof", "index": index, "size": size})
+        return _hashes(reply["proof"])
+
+    def consistency_proof(self, old_size: int, new_size: int) -> tuple[bytes, ...]:
+        """Consistency proof between two tree sizes."""
+        reply, _ = self.call(
+            {"op": "consistency_proof", "old_size": old_size, "new_size": new_size}
+        )
+        return _hashes(reply["proof"])

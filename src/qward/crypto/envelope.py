@@ -1,0 +1,174 @@
+"""The sealed-artifact format for models and inputs, and sealing with a public key.
+
+Layout (lengths big-endian)::
+
+    b"QWSEAL\\x00\\x01" | u32 len | header | u32 len | wrap | AES-256-GCM ciphertext || tag
+
+``header`` is canonical JSON describing the payload (format, content type, nonce, key commitment,
+plaintext length); it is the GCM associated data, so it cannot be altered. ``wrap`` is canonical
+JSON holding the suite id, the recipient key id and the HPKE-encrypted data key. The data key's
+HPKE ``info`` binds it to the header digest, so a wrapped key cannot be moved to another artifact;
+keeping the wrap outside the AAD is what allows re-wrapping to a new key without touching the
+payload.
+
+AES-GCM alone is not key-committing, so the header carries a commitment derived from the data key
+and checked (in constant time) before decryption.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from cryptography.hazmat.primitives import hashes, hpke
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from qward.crypto.keys import HPKERecipientKey
+from qward.encoding import b64decode, b64encode, canonical_json, parse_canonical_json
+from qward.errors import FormatError, InputError
+from qward.suites import MLKEM768_X25519_HKDF_SHA256_AES_256_GCM, require_suite
+
+__all__ = [
+    "MAGIC",
+    "MAX_SEALED_BYTES",
+    "SEALED_FORMAT",
+    "SealedArtifact",
+    "derive_payload_keys",
+    "hpke_info",
+    "hpke_suite",
+    "parse_sealed",
+    "seal",
+]
+
+MAGIC = b"QWSEAL\x00\x01"
+SEALED_FORMAT = "qward/sealed/v1"
+MAX_SEALED_BYTES = 2 * 1024 * 1024 * 1024
+_MAX_SECTION = 64 * 1024
+_NONCE_LEN = 12
+_TAG_LEN = 16
+_DEK_LEN = 32
+_U32 = struct.Struct(">I")
+
+
+def hpke_suite() -> hpke.Suite:
+    """The RFC 9180 suite behind ``MLKEM768_X25519_HKDF_SHA256_AES_256_GCM``."""
+    return hpke.Suite(hpke.KEM.MLKEM768_X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_256_GCM)
+
+
+def hpke_info(header: bytes) -> bytes:
+    """HPKE ``info`` for a data key: binds the wrap to one artifact's header."""
+    return b"qward/sealed/v1/dek\x00" + hashlib.sha256(header).digest()
+
+
+def _hkdf(dek: bytes, label: bytes) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=label).derive(dek)
+
+
+def derive_payload_keys(dek: bytes) -> tuple[bytes, bytes]:
+    """(AES-256-GCM key, key commitment) derived from a data key."""
+    return _hkdf(dek, b"qward/sealed/v1/payload-key"), _hkdf(dek, b"qward/sealed/v1/commitment")
+
+
+@dataclass(frozen=True, kw_only=True)
+class SealedArtifact:
+    """A parsed, not yet opened, sealed artifact."""
+
+    header: bytes
+    content_type: str
+    nonce: bytes
+    commitment: bytes
+    length: int
+    suite: str
+    key_id: str
+    encapsulated_key: bytes
+    ciphertext: bytes
+
+    @property
+    def aad(self) -> bytes:
+        """GCM associated data: the magic and the header."""
+        return MAGIC + self.header
+
+
+def seal(
+    plaintext: bytes,
+    *,
+    recipient: HPKERecipientKey,
+    content_type: str,
+    random_bytes: Callable[[int], bytes] = os.urandom,
+) -> bytes:
+    """Seal ``plaintext`` to ``recipient``; only the holder of its private key can open it."""
+    if len(plaintext) > MAX_SEALED_BYTES - _MAX_SECTION * 2:
+        raise InputError(f"cannot seal {len(plaintext)} bytes: over the {MAX_SEALED_BYTES} limit")
+    dek, nonce = random_bytes(_DEK_LEN), random_bytes(_NONCE_LEN)
+    payload_key, commitment = derive_payload_keys(dek)
+    header = canonical_json(
+        {
+            "format": SEALED_FORMAT,
+            "content_type": content_type,
+            "nonce": b64encode(nonce),
+            "commitment": b64encode(commitment),
+            "length": len(plaintext),
+        }
+    )
+    enc = hpke_suite().encrypt(dek, recipient.to_hpke(), info=hpke_info(header))
+    wrap = canonical_json(
+        {"suite": recipient.suite, "key_id": recipient.key_id, "enc": b64encode(enc)}
+    )
+    ciphertext = AESGCM(payload_key).encrypt(nonce, plaintext, MAGIC + header)
+    return b"".join([MAGIC, _U32.pack(len(header)), header, _U32.pack(len(wrap)), wrap, ciphertext])
+
+
+def _section(blob: bytes, offset: int, what: str) -> tuple[bytes, int]:
+    if offset + 4 > len(blob):
+        raise FormatError(f"sealed artifact: truncated before the {what}")
+    (length,) = _U32.unpack_from(blob, offset)
+    if length > _MAX_SECTION or offset + 4 + length > len(blob):
+        raise FormatError(f"sealed artifact: {what} length {length} is invalid")
+    return blob[offset + 4 : offset + 4 + length], offset + 4 + length
+
+
+def parse_sealed(blob: bytes, *, limit: int = MAX_SEALED_BYTES) -> SealedArtifact:
+    """Parse the framing of a sealed artifact without opening it."""
+    if len(blob) > limit:
+        raise FormatError(f"sealed artifact of {len(blob)} bytes is over the {limit} byte limit")
+    if not blob.startswith(MAGIC):
+        raise FormatError("not a qward sealed artifact (bad magic or unsupported version)")
+    header, offset = _section(blob, len(MAGIC), "header")
+    wrap_bytes, offset = _section(blob, offset, "key wrap")
+    head = parse_canonical_json(header, what="sealed artifact header")
+    wrap = parse_canonical_json(wrap_bytes, what="sealed artifact key wrap")
+    if head.get("format") != SEALED_FORMAT:
+        raise FormatError(f"sealed artifact: unsupported format {head.get('format')!r}")
+    suite = require_suite(
+        wrap.get("suite"), expected=MLKEM768_X25519_HKDF_SHA256_AES_256_GCM, what="sealed artifact"
+    )
+    length, content_type, key_id = head.get("length"), head.get("content_type"), wrap.get("key_id")
+    if not isinstance(length, int) or isinstance(length, bool) or length < 0:
+        raise FormatError("sealed artifact: invalid plaintext length")
+    if not isinstance(content_type, str) or not isinstance(key_id, str):
+        raise FormatError("sealed artifact: content_type and key_id must be strings")
+    ciphertext = blob[offset:]
+    if len(ciphertext) != length + _TAG_LEN:
+        raise FormatError(
+            f"sealed artifact: payload is {len(ciphertext)} bytes, "
+            f"header promises {length + _TAG_LEN}"
+        )
+    nonce = b64decode(head.get("nonce"), what="sealed artifact nonce")
+    commitment = b64decode(head.get("commitment"), what="sealed artifact commitment")
+    if len(nonce) != _NONCE_LEN or len(commitment) != 32:
+        raise FormatError("sealed artifact: nonce or commitment has the wrong length")
+    return SealedArtifact(
+        header=header,
+        content_type=content_type,
+        nonce=nonce,
+        commitment=commitment,
+        length=length,
+        suite=suite,
+        key_id=key_id,
+        encapsulated_key=b64decode(wrap.get("enc"), what="sealed artifact enc"),
+        ciphertext=ciphertext,
+    )

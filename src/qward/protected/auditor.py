@@ -1,0 +1,72 @@
+"""Fail-closed audit: nothing happens unless its log entry is durably sequenced first."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+
+from qward.errors import AuditError
+from qward.tlog.checkpoint import Checkpoint
+from qward.tlog.note import NoteSigner
+from qward.tlog.store import SQLiteLogStore
+
+__all__ = ["Auditor"]
+
+
+class Auditor:
+    """Appends entries to the transparency log and publishes signed checkpoints.
+
+    ``record`` returns only after the entries are durably sequenced; callers perform the audited
+    action after it returns, so an action without a record cannot happen. ``commit`` integrates
+    everything sequenced so far and publishes a checkpoint covering it.
+    """
+
+    def __init__(
+        self, *, store: SQLiteLogStore, origin: str, signers: Sequence[NoteSigner]
+    ) -> None:
+        self._store = store
+        self._origin = origin
+        self._signers = tuple(signers)
+        self._lock = threading.Lock()
+
+    @property
+    def origin(self) -> str:
+        """The log's origin line."""
+        return self._origin
+
+    def record(self, entries: Sequence[bytes]) -> list[int]:
+        """Durably sequence ``entries``; raise ``AuditError`` if that is not certain."""
+        with self._lock:
+            try:
+                return self._store.sequence(entries)
+            except AuditError:
+                raise
+            except Exception as exc:
+                raise AuditError(
+                    f"the transparency log refused the entry: {type(exc).__name__}"
+                ) from None
+
+    def commit(self) -> tuple[bytes, Checkpoint]:
+        """Integrate and publish; returns the signed checkpoint note and its parsed body."""
+        with self._lock:
+            try:
+                self._store.integrate()
+                note = self._store.publish(origin=self._origin, signers=self._signers)
+            except AuditError:
+                raise
+            except Exception as exc:
+                raise AuditError(f"publishing a checkpoint failed: {type(exc).__name__}") from None
+        return note, Checkpoint.from_body(note.split(b"\n\n", 1)[0] + b"\n")
+
+    def inclusion_proof(self, index: int, size: int) -> tuple[bytes, ...]:
+        """Inclusion proof from the store."""
+        return tuple(self._store.inclusion_proof(index, size))
+
+    def consistency_proof(self, old_size: int, new_size: int) -> tuple[bytes, ...]:
+        """Consistency proof from the store."""
+        return tuple(self._store.consistency_proof(old_size, new_size))
+
+    def latest_checkpoint(self) -> bytes:
+        """The latest published checkpoint note, publishing one if none exists yet."""
+        note = self._store.latest_checkpoint()
+        return note if note is not None else self.commit()[0]

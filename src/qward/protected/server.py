@@ -1,0 +1,126 @@
+"""The protected core process: a Unix-socket server around ``CoreService``.
+
+Run as ``python -m qward.protected --state-dir DIR``. The socket is created inside the state
+directory with mode 0600, so only the operator's account can reach the core.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socketserver
+import sys
+import threading
+import traceback
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from qward import __version__
+from qward.core_protocol import MAX_FRAME_PAYLOAD
+from qward.errors import QwardError
+from qward.framing import FormatError, recv_frame, send_frame
+from qward.protected.auditor import Auditor
+from qward.protected.keystore import PASSPHRASE_ENV, create_keystore, load_keystore
+from qward.protected.models import ModelRegistry
+from qward.protected.service import CoreService
+from qward.tlog.store import SQLiteLogStore
+
+__all__ = ["build_service", "main"]
+
+
+def build_service(state_dir: Path) -> CoreService:
+    """Open (or on first start, create) the keystore, log and model registry in ``state_dir``."""
+    passphrase = os.environ.get(PASSPHRASE_ENV) or None
+    created = not (state_dir / "keystore.json").exists()
+    if created:
+        origin = f"qward.local/log/{os.urandom(4).hex()}"
+        keys = create_keystore(state_dir, origin=origin, passphrase=passphrase)
+    else:
+        keys = load_keystore(state_dir, passphrase=passphrase)
+    store = SQLiteLogStore.open(state_dir / "log.sqlite")
+    auditor = Auditor(store=store, origin=keys.origin, signers=keys.log_signers)
+    service = CoreService(keys=keys, auditor=auditor, registry=ModelRegistry(state_dir / "models"))
+    if created:
+        service.log_admin(
+            "keystore-created",
+            hpke_key_id=keys.hpke_public.key_id,
+            receipt_key_id=keys.receipt_signer.key_id,
+        )
+    trust_path = state_dir / "trust.json"
+    trust_path.write_bytes(service.trust.to_bytes())
+    service.log_admin("core-start", pid=os.getpid(), version=__version__)
+    return service
+
+
+class _Handler(socketserver.BaseRequestHandler):
+    server: _CoreServer
+
+    def handle(self) -> None:
+        while True:
+            try:
+                header, payload = recv_frame(self.request, max_payload=MAX_FRAME_PAYLOAD)
+            except (EOFError, OSError):
+                return
+            except FormatError as exc:
+                send_frame(self.request, {"ok": False, "code": exc.code, "message": str(exc)})
+                return
+            send_frame(self.request, *self._answer(header, payload))
+
+    def _answer(self, header: dict[str, Any], payload: bytes) -> tuple[dict[str, Any], bytes]:
+        try:
+            return self.server.service.dispatch(header, payload)
+        except QwardError as exc:
+            return {"ok": False, "code": exc.code, "message": str(exc)}, b""
+        except Exception:
+            # The traceback goes to the core's own stderr; the caller gets no internals.
+            traceback.print_exc(file=sys.stderr)
+            return {
+                "ok": False,
+                "code": "runtime_failure",
+                "message": "internal error in the protected core",
+            }, b""
+
+
+class _CoreServer(socketserver.ThreadingUnixStreamServer):
+    daemon_threads = True
+
+    def __init__(self, path: Path, service: CoreService) -> None:
+        self.service = service
+        super().__init__(str(path), _Handler)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the protected core process."""
+    parser = argparse.ArgumentParser(prog="python -m qward.protected")
+    parser.add_argument("--state-dir", type=Path, required=True)
+    args = parser.parse_args(argv)
+    state_dir: Path = args.state_dir
+    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        service = build_service(state_dir)
+    except QwardError as exc:
+        print(f"qward core: {exc}", file=sys.stderr)
+        return 2
+    sock_path = state_dir / "core.sock"
+    sock_path.unlink(missing_ok=True)
+    old_umask = os.umask(0o177)
+    try:
+        server = _CoreServer(sock_path, service)
+    finally:
+        os.umask(old_umask)
+
+    def _stop(signum: int, frame: FrameType | None) -> None:
+        threading.Thread(target=server.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    print(f"qward core ready on {sock_path}", file=sys.stderr, flush=True)
+    try:
+        server.serve_forever(poll_interval=0.2)
+    finally:
+        server.server_close()
+        sock_path.unlink(missing_ok=True)
+        service.close()
+    return 0

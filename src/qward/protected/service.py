@@ -1,0 +1,323 @@
+"""The protected core's operations: register, run, replay, and log queries.
+
+Each operation is fail-closed: the key use it needs is sequenced in the transparency log before the
+key is touched, and a run's outputs are released only after its signed receipt is in the log and a
+checkpoint covering it has been published.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from qward import __version__
+from qward.crypto.envelope import parse_sealed
+from qward.encoding import b64encode, canonical_json
+from qward.errors import InputError
+from qward.protected.auditor import Auditor
+from qward.protected.keystore import CoreKeys
+from qward.protected.models import MAX_MODEL_BYTES, ModelEntry, ModelRegistry
+from qward.protected.opening import open_sealed
+from qward.receipts.entries import admin_entry, key_use_entry, receipt_entry, replay_entry
+from qward.receipts.receipt import RECEIPT_FORMAT, SIGNING_CONTEXT, ReceiptBundle
+from qward.receipts.trust import TrustBundle
+from qward.receipts.verify import Verifier
+from qward.tensors import Tensor, decode_tensors, encode_tensors, tensors_digest
+from qward.tlog.note import NoteVerifier
+
+__all__ = ["INPUT_CONTENT_TYPE", "MODEL_CONTENT_TYPE", "CoreService", "Reply"]
+
+MODEL_CONTENT_TYPE = "application/onnx"
+INPUT_CONTENT_TYPE = "application/vnd.qward.tensors"
+MAX_INPUT_BYTES = 64 * 1024 * 1024
+_MAX_SEED = 2**63 - 1
+
+Reply = tuple[dict[str, Any], bytes]
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Sources:
+    """Where time and randomness come from; injected so tests can fix them."""
+
+    clock: Callable[[], datetime] = _utc_now
+    token: Callable[[], str] = lambda: secrets.token_hex(16)
+
+
+class CoreService:
+    """Holds the keys, the log and the workers; one instance per core process."""
+
+    def __init__(
+        self,
+        *,
+        keys: CoreKeys,
+        auditor: Auditor,
+        registry: ModelRegistry,
+        sources: _Sources | None = None,
+    ) -> None:
+        self._keys = keys
+        self._auditor = auditor
+        self._models = registry
+        self._src = sources or _Sources()
+        self.trust = TrustBundle(
+            origin=keys.origin,
+            log_verifiers=tuple(_note_verifier(s) for s in keys.log_signers),
+            receipt_keys=(keys.receipt_signer.public_key,),
+            hpke_recipient=keys.hpke_public,
+        )
+        self._verifier = Verifier(trust=self.trust)
+
+    def _now(self) -> str:
+        return self._src.clock().strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    def log_admin(self, action: str, **details: Any) -> None:
+        """Record an administrative event and publish it."""
+        self._auditor.record([admin_entry(action=action, at=self._now(), details=details)])
+        self._auditor.commit()
+
+    def _open(
+        self, blob: bytes, *, purpose: str, request_id: str, content_type: str, limit: int
+    ) -> bytes:
+        artifact = parse_sealed(blob, limit=limit)
+        self._auditor.record(
+            [
+                key_use_entry(
+                    key_id=artifact.key_id,
+                    purpose=purpose,
+                    request_id=request_id,
+                    at=self._now(),
+                    object_sha256=hashlib.sha256(blob).hexdigest(),
+                )
+            ]
+        )
+        return open_sealed(
+            blob, keys=self._keys.hpke, limit=limit, expected_content_type=content_type
+        )
+
+    def _worker_for(self, entry: ModelEntry, request_id: str) -> Any:
+        return self._models.worker(
+            entry,
+            lambda sealed: self._open(
+                sealed,
+                purpose="unseal-model",
+                request_id=request_id,
+                content_type=MODEL_CONTENT_TYPE,
+                limit=MAX_MODEL_BYTES + 65536,
+            ),
+        )
+
+    # -- operations --------------------------------------------------------------------------
+
+    def op_trust(self, header: dict[str, Any], payload: bytes) -> Reply:
+        return {"ok": True}, self.trust.to_bytes()
+
+    def op_register_model(self, header: dict[str, Any], payload: bytes) -> Reply:
+        name = header.get("name")
+        if not isinstance(name, str) or not 0 < len(name) <= 200:
+            raise InputError("model name must be 1 to 200 characters")
+        request_id = self._src.token()
+        plaintext = self._open(
+            payload,
+            purpose="unseal-model",
+            request_id=request_id,
+            content_type=MODEL_CONTENT_TYPE,
+            limit=MAX_MODEL_BYTES + 65536,
+        )
+        digest = hashlib.sha256(plaintext).hexdigest()
+        entry = self._models.add(model_sha256=digest, sealed=payload, name=name)
+        worker = self._worker_for(entry, request_id)
+        self.log_admin(
+            "model-registered", model_sha256=digest, name=name, sealed_sha256=entry.sealed_sha256
+        )
+        info = worker.info
+        return {
+            "ok": True,
+            "model_sha256": digest,
+            "name": name,
+            "inputs": info["inputs"],
+            "outputs": info["outputs"],
+            "isolation": info["isolation"],
+        }, b""
+
+    def _execute(
+        self, entry: ModelEntry, sealed_input: bytes, *, seed: object, request_id: str, purpose: str
+    ) -> tuple[Any, tuple[Tensor, ...], tuple[Tensor, ...]]:
+        if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= _MAX_SEED:
+            raise InputError(f"seed must be an integer from 0 to {_MAX_SEED}")
+        inputs = decode_tensors(
+            self._open(
+                sealed_input,
+                purpose=purpose,
+                request_id=request_id,
+                content_type=INPUT_CONTENT_TYPE,
+                limit=MAX_INPUT_BYTES,
+            )
+        )
+        worker = self._worker_for(entry, request_id)
+        return worker, inputs, worker.run(inputs, seed=seed)
+
+    def op_run(self, header: dict[str, Any], payload: bytes) -> Reply:
+        entry = self._models.get(header.get("model_sha256"))
+        parameters = header.get("parameters", {})
+        if not isinstance(parameters, dict):
+            raise InputError("parameters must be an object")
+        request_id = self._src.token()
+        seed = header.get("seed")
+        worker, inputs, outputs = self._execute(
+            entry, payload, seed=seed, request_id=request_id, purpose="unseal-input"
+        )
+        body = self._receipt_body(
+            entry,
+            worker.info,
+            inputs,
+            outputs,
+            seed=int(str(seed)),
+            parameters=parameters,
+            request_id=request_id,
+        )
+        signature = self._keys.receipt_signer.sign(canonical_json(body), context=SIGNING_CONTEXT)
+        (index,) = self._auditor.record([receipt_entry(body, signature)])
+        note, checkpoint = self._auditor.commit()
+        bundle = ReceiptBundle(
+            body=body,
+            signature=signature,
+            index=index,
+            checkpoint=note,
+            inclusion_proof=self._auditor.inclusion_proof(index, checkpoint.size),
+        )
+        return {
+            "ok": True,
+            "receipt": bundle.to_bytes().decode("utf-8"),
+            "receipt_id": bundle.receipt_id,
+            "log_index": index,
+        }, encode_tensors(outputs)
+
+    def _receipt_body(
+        self,
+        entry: ModelEntry,
+        info: dict[str, Any],
+        inputs: tuple[Tensor, ...],
+        outputs: tuple[Tensor, ...],
+        *,
+        seed: int,
+        parameters: dict[str, Any],
+        request_id: str,
+    ) -> dict[str, Any]:
+        canonical_json(parameters)  # rejects floats and other values with no single encoding
+        return {
+            "format": RECEIPT_FORMAT,
+            "receipt_id": request_id,
+            "issued_at": self._now(),
+            "model": {
+                "sha256": entry.model_sha256,
+                "sealed_sha256": entry.sealed_sha256,
+                "name": entry.name,
+            },
+            "input": {"sha256": tensors_digest(inputs)},
+            "output": {"sha256": tensors_digest(outputs)},
+            "parameters": parameters,
+            "seed": seed,
+            "runtime": {
+                "engine": "onnxruntime",
+                "session_options": info["session_options"],
+                "libraries": info["libraries"],
+                "platform_class": info["platform_class"],
+                "qward": __version__,
+            },
+            "isolation": info["isolation"],
+            "key_uses": [
+                {"key_id": self._keys.hpke_public.key_id, "purpose": "unseal-input"},
+                {"key_id": self._keys.receipt_signer.key_id, "purpose": "sign-receipt"},
+            ],
+            "log": {"origin": self._auditor.origin},
+            "signer": {
+                "suite": self._keys.receipt_signer.public_key.suite,
+                "key_id": self._keys.receipt_signer.key_id,
+            },
+        }
+
+    def op_replay(self, header: dict[str, Any], payload: bytes) -> Reply:
+        receipt = header.get("receipt")
+        if not isinstance(receipt, str):
+            raise InputError("replay needs the receipt")
+        body = self._verifier.verify(receipt.encode("utf-8")).body
+        entry = self._models.get(body["model"]["sha256"])
+        request_id = self._src.token()
+        _, inputs, outputs = self._execute(
+            entry, payload, seed=body["seed"], request_id=request_id, purpose="unseal-replay-input"
+        )
+        if tensors_digest(inputs) != body["input"]["sha256"]:
+            raise InputError("replay input differs from the input the receipt records")
+        digest, expected = tensors_digest(outputs), body["output"]["sha256"]
+        verdict = "bitwise-identical" if digest == expected else "mismatch"
+        self._auditor.record(
+            [
+                replay_entry(
+                    receipt_id=body["receipt_id"],
+                    request_id=request_id,
+                    verdict=verdict,
+                    output_sha256=digest,
+                    at=self._now(),
+                )
+            ]
+        )
+        self._auditor.commit()
+        return {
+            "ok": True,
+            "verdict": verdict,
+            "output_sha256": digest,
+            "expected_sha256": expected,
+        }, encode_tensors(outputs)
+
+    def op_checkpoint(self, header: dict[str, Any], payload: bytes) -> Reply:
+        return {"ok": True}, self._auditor.latest_checkpoint()
+
+    def op_inclusion_proof(self, header: dict[str, Any], payload: bytes) -> Reply:
+        proof = self._auditor.inclusion_proof(_int(header, "index"), _int(header, "size"))
+        return {"ok": True, "proof": [b64encode(h) for h in proof]}, b""
+
+    def op_consistency_proof(self, header: dict[str, Any], payload: bytes) -> Reply:
+        proof = self._auditor.consistency_proof(_int(header, "old_size"), _int(header, "new_size"))
+        return {"ok": True, "proof": [b64encode(h) for h in proof]}, b""
+
+    def dispatch(self, header: dict[str, Any], payload: bytes) -> Reply:
+        """Route one request to its operation."""
+        handler = _OPS.get(str(header.get("op")))
+        if handler is None:
+            raise InputError(f"unknown core operation {header.get('op')!r}")
+        return handler(self, header, payload)
+
+    def close(self) -> None:
+        """Stop workers and record the stop."""
+        self._models.close()
+        self.log_admin("core-stop", pid=os.getpid())
+
+
+def _int(header: dict[str, Any], key: str) -> int:
+    value = header.get(key)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise InputError(f"{key} must be a non-negative integer")
+    return value
+
+
+def _note_verifier(signer: Any) -> NoteVerifier:
+    return signer.verifier()  # type: ignore[no-any-return]
+
+
+_OPS: dict[str, Callable[[CoreService, dict[str, Any], bytes], Reply]] = {
+    "trust": CoreService.op_trust,
+    "register_model": CoreService.op_register_model,
+    "run": CoreService.op_run,
+    "replay": CoreService.op_replay,
+    "checkpoint": CoreService.op_checkpoint,
+    "inclusion_proof": CoreService.op_inclusion_proof,
+    "consistency_proof": CoreService.op_consistency_proof,
+}

@@ -1,0 +1,66 @@
+"""Transparency-log entry types. Every entry is canonical JSON with a ``type`` label."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from qward.crypto.signatures import HybridSignature
+from qward.encoding import canonical_json
+
+__all__ = [
+    "ADMIN_ENTRY",
+    "KEY_USE_ENTRY",
+    "RECEIPT_ENTRY",
+    "REPLAY_ENTRY",
+    "admin_entry",
+    "key_use_entry",
+    "receipt_entry",
+    "replay_entry",
+]
+
+RECEIPT_ENTRY = "qward/receipt/v1"
+KEY_USE_ENTRY = "qward/key-use/v1"
+ADMIN_ENTRY = "qward/admin/v1"
+REPLAY_ENTRY = "qward/replay/v1"
+
+
+def receipt_entry(body: dict[str, Any], signature: HybridSignature) -> bytes:
+    """The log entry for a signed receipt: the receipt itself is what gets logged."""
+    return canonical_json({"type": RECEIPT_ENTRY, "body": body, "signature": signature.to_json()})
+
+
+def key_use_entry(
+    *, key_id: str, purpose: str, object_sha256: str, request_id: str, at: str
+) -> bytes:
+    """A private-key use, logged before the key is used."""
+    return canonical_json(
+        {
+            "type": KEY_USE_ENTRY,
+            "key_id": key_id,
+            "purpose": purpose,
+            "object_sha256": object_sha256,
+            "request_id": request_id,
+            "at": at,
+        }
+    )
+
+
+def admin_entry(*, action: str, at: str, details: dict[str, Any]) -> bytes:
+    """An administrative event: keystore creation, model registration, process start/stop."""
+    return canonical_json({"type": ADMIN_ENTRY, "action": action, "at": at, "details": details})
+
+
+def replay_entry(
+    *, receipt_id: str, request_id: str, verdict: str, output_sha256: str, at: str
+) -> bytes:
+    """A replay of an earlier receipt and its verdict."""
+    return canonical_json(
+        {
+            "type": REPLAY_ENTRY,
+            "receipt_id": receipt_id,
+            "request_id": request_id,
+            "verdict": verdict,
+            "output_sha256": output_sha256,
+            "at": at,
+        }
+    )

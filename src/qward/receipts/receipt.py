@@ -1,0 +1,147 @@
+"""Receipt bodies and receipt bundles.
+
+The body says what ran: model, input and output digests, seed and parameters, the runtime profile,
+the isolation actually in force, and which keys were used. The signed body is itself the log entry,
+so a bundle is: body, signature, the entry's index, an inclusion proof and the signed checkpoint it
+is proved against. The bundle file is canonical JSON; a parser rejects any other byte sequence.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from qward.crypto.signatures import HybridSignature
+from qward.encoding import b64decode, b64encode, canonical_json, parse_canonical_json
+from qward.errors import FormatError
+from qward.receipts.entries import receipt_entry
+
+__all__ = [
+    "BUNDLE_FORMAT",
+    "MAX_RECEIPT_BYTES",
+    "RECEIPT_FORMAT",
+    "SIGNING_CONTEXT",
+    "ReceiptBundle",
+    "check_body",
+]
+
+RECEIPT_FORMAT = "qward/receipt/v1"
+BUNDLE_FORMAT = "qward/receipt-bundle/v1"
+SIGNING_CONTEXT = b"qward/receipt/v1"
+MAX_RECEIPT_BYTES = 1024 * 1024
+
+_BODY_FIELDS = {
+    "format": str,
+    "receipt_id": str,
+    "issued_at": str,
+    "model": dict,
+    "input": dict,
+    "output": dict,
+    "parameters": dict,
+    "seed": int,
+    "runtime": dict,
+    "isolation": dict,
+    "key_uses": list,
+    "log": dict,
+    "signer": dict,
+}
+
+
+def _require_digest(section: dict[str, Any], key: str, where: str) -> None:
+    value = section.get(key)
+    if not isinstance(value, str) or len(value) != 64 or value.strip("0123456789abcdef"):
+        raise FormatError(f"receipt body: {where}.{key} must be a lower-case SHA-256 hex digest")
+
+
+def check_body(body: dict[str, Any]) -> None:
+    """Check that a receipt body has every field with the right type."""
+    missing = sorted(set(_BODY_FIELDS) - set(body))
+    if missing:
+        raise FormatError(f"receipt body: missing {', '.join(missing)}")
+    extra = sorted(set(body) - set(_BODY_FIELDS))
+    if extra:
+        raise FormatError(f"receipt body: unexpected {', '.join(extra)}")
+    for key, kind in _BODY_FIELDS.items():
+        if not isinstance(body[key], kind) or isinstance(body[key], bool):
+            raise FormatError(f"receipt body: {key} must be a {kind.__name__}")
+    if body["format"] != RECEIPT_FORMAT:
+        raise FormatError(f"receipt body: unsupported format {body['format']!r}")
+    for section in ("model", "input", "output"):
+        _require_digest(body[section], "sha256", section)
+    if not isinstance(body["log"].get("origin"), str):
+        raise FormatError("receipt body: log.origin must be a string")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReceiptBundle:
+    """Everything needed to verify a receipt offline."""
+
+    body: dict[str, Any]
+    signature: HybridSignature
+    index: int
+    inclusion_proof: tuple[bytes, ...]
+    checkpoint: bytes
+
+    @property
+    def receipt_id(self) -> str:
+        """The receipt's id."""
+        return str(self.body["receipt_id"])
+
+    def entry(self) -> bytes:
+        """The exact log entry bytes this receipt was logged as."""
+        return receipt_entry(self.body, self.signature)
+
+    def signed_message(self) -> bytes:
+        """The bytes the signature covers."""
+        return canonical_json(self.body)
+
+    def to_bytes(self) -> bytes:
+        """Canonical JSON encoding of the bundle."""
+        return canonical_json(
+            {
+                "format": BUNDLE_FORMAT,
+                "body": self.body,
+                "signature": self.signature.to_json(),
+                "log": {
+                    "index": self.index,
+                    "inclusion_proof": [b64encode(h) for h in self.inclusion_proof],
+                    "checkpoint": self.checkpoint.decode("utf-8"),
+                },
+            }
+        )
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> ReceiptBundle:
+        """Strictly parse a bundle; any byte that is out of place is a ``FormatError``."""
+        if len(data) > MAX_RECEIPT_BYTES:
+            raise FormatError(f"receipt is {len(data)} bytes, over the {MAX_RECEIPT_BYTES} limit")
+        doc = parse_canonical_json(data, what="receipt")
+        if doc.get("format") != BUNDLE_FORMAT:
+            raise FormatError(f"receipt: unsupported format {doc.get('format')!r}")
+        if set(doc) != {"format", "body", "signature", "log"}:
+            raise FormatError("receipt: expected exactly format, body, signature and log")
+        body, log = doc["body"], doc["log"]
+        if not isinstance(body, dict) or not isinstance(log, dict):
+            raise FormatError("receipt: body and log must be objects")
+        check_body(body)
+        index, proof, checkpoint = (
+            log.get("index"),
+            log.get("inclusion_proof"),
+            log.get("checkpoint"),
+        )
+        if set(log) != {"index", "inclusion_proof", "checkpoint"}:
+            raise FormatError("receipt: log must hold index, inclusion_proof and checkpoint")
+        if not isinstance(index, int) or isinstance(index, bool) or index < 0:
+            raise FormatError("receipt: log.index must be a non-negative integer")
+        if not isinstance(proof, list) or len(proof) > 64 or not isinstance(checkpoint, str):
+            raise FormatError("receipt: log.inclusion_proof or log.checkpoint is malformed")
+        hashes = tuple(b64decode(h, what="receipt inclusion proof") for h in proof)
+        if any(len(h) != 32 for h in hashes):
+            raise FormatError("receipt: inclusion proof hashes must be 32 bytes")
+        return cls(
+            body=body,
+            signature=HybridSignature.from_json(doc["signature"]),
+            index=index,
+            inclusion_proof=hashes,
+            checkpoint=checkpoint.encode("utf-8"),
+        )

@@ -1,0 +1,79 @@
+"""Offline receipt verification: no network, no core, only the pinned trust bundle."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+from qward.crypto.signatures import verify_hybrid
+from qward.errors import ProofError, VerificationError
+from qward.receipts.receipt import SIGNING_CONTEXT, ReceiptBundle
+from qward.receipts.trust import TrustBundle
+from qward.tlog.checkpoint import Checkpoint
+from qward.tlog.merkle import leaf_hash, verify_inclusion
+from qward.tlog.note import open_note
+
+__all__ = ["VerifiedReceipt", "Verifier"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class VerifiedReceipt:
+    """A receipt whose signature, inclusion proof and checkpoint all verified."""
+
+    bundle: ReceiptBundle
+    checkpoint: Checkpoint
+
+    @property
+    def body(self) -> dict[str, Any]:
+        """The verified receipt body."""
+        return self.bundle.body
+
+
+class Verifier:
+    """Verifies receipt bundles against a pinned ``TrustBundle``."""
+
+    def __init__(self, *, trust: TrustBundle) -> None:
+        self._trust = trust
+
+    def verify(self, data: bytes) -> VerifiedReceipt:
+        """Verify a receipt file's bytes; raise a ``VerificationError`` or ``FormatError``.
+
+        1. Parse strictly (canonical JSON, known format, every field typed).
+        2. Verify the hybrid signature under the pinned receipt key named by the signature.
+        3. Open the checkpoint note: every pinned log key must have signed it.
+        4. Check the checkpoint's origin against the pin and the body's ``log.origin``.
+        5. Verify the RFC 9162 inclusion proof of the entry under the checkpoint's root.
+        """
+        bundle = ReceiptBundle.from_bytes(data)
+        key = self._trust.receipt_key(bundle.signature.key_id)
+        verify_hybrid(bundle.signed_message(), bundle.signature, key, context=SIGNING_CONTEXT)
+        text, _ = open_note(bundle.checkpoint, self._trust.log_verifiers)
+        checkpoint = Checkpoint.from_body(text)
+        if checkpoint.origin != self._trust.origin:
+            raise VerificationError(
+                f"checkpoint is from log {checkpoint.origin!r}, "
+                f"not the pinned {self._trust.origin!r}"
+            )
+        if bundle.body["log"]["origin"] != checkpoint.origin:
+            raise VerificationError("receipt names a different log than its checkpoint")
+        if bundle.index >= checkpoint.size:
+            raise ProofError(f"entry index {bundle.index} is outside the checkpoint's tree")
+        verify_inclusion(
+            leaf_hash=leaf_hash(bundle.entry()),
+            index=bundle.index,
+            size=checkpoint.size,
+            proof=bundle.inclusion_proof,
+            root=checkpoint.root_hash,
+        )
+        return VerifiedReceipt(bundle=bundle, checkpoint=checkpoint)
+
+    @staticmethod
+    def check_model(verified: VerifiedReceipt, model: bytes) -> None:
+        """Check that ``model`` (plaintext ONNX bytes) is the model the receipt names."""
+        digest = hashlib.sha256(model).hexdigest()
+        if digest != verified.body["model"]["sha256"]:
+            raise VerificationError(
+                f"model digest {digest} differs from the receipt's "
+                f"{verified.body['model']['sha256']}"
+            )

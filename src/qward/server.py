@@ -1,0 +1,121 @@
+"""The public HTTP API. It holds no key and never sees a plaintext model or input.
+
+Handlers are thin: decode, one call to the core through ``CoreClient``, encode. Clients seal
+models and inputs with the core's public key (``GET /v1/trust``) before sending them. A
+``QwardError`` maps to an HTTP status in one exception handler; anything else is a bare 500 with
+no internals.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import FastAPI, Query, Request
+from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
+
+from qward import __version__
+from qward.core_process import socket_path
+from qward.core_protocol import CoreClient
+from qward.encoding import b64encode, parse_canonical_json
+from qward.errors import (
+    AuditError,
+    CoreUnavailableError,
+    CryptoError,
+    InputError,
+    QwardError,
+    RuntimeFailure,
+    UnknownKeyError,
+    VerificationError,
+)
+from qward.tensors import tensors_to_json
+
+__all__ = ["create_app"]
+
+_MAX_BODY = 1024 * 1024 * 1024
+_STATUS: list[tuple[type[QwardError], int]] = [
+    (UnknownKeyError, 422),
+    (CryptoError, 422),
+    (VerificationError, 422),
+    (InputError, 400),
+    (AuditError, 503),
+    (CoreUnavailableError, 503),
+    (RuntimeFailure, 502),
+]
+
+
+async def _body(request: Request, limit: int = _MAX_BODY) -> bytes:
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise InputError(f"request body is over the {limit} byte limit")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def create_app(state_dir: Path) -> FastAPI:
+    """The public API in front of the core listening in ``state_dir``."""
+    app = FastAPI(title="qward", version=__version__)
+    core = CoreClient(socket_path(state_dir))
+
+    @app.exception_handler(QwardError)
+    async def _qward_error(request: Request, exc: QwardError) -> JSONResponse:
+        status = next((s for cls, s in _STATUS if isinstance(exc, cls)), 500)
+        return JSONResponse({"error": {"code": exc.code, "message": str(exc)}}, status_code=status)
+
+    @app.get("/v1/trust")
+    def trust() -> Response:
+        """The core's public keys: seal to ``hpke_recipient``, verify with the rest."""
+        return Response(core.trust().to_bytes(), media_type="application/json")
+
+    @app.post("/v1/models")
+    async def register(request: Request, name: Annotated[str, Query(max_length=200)]) -> Any:
+        """Register a sealed model (body: the sealed artifact)."""
+        info = await run_in_threadpool(core.register_model, await _body(request), name=name)
+        return {
+            "model_sha256": info.model_sha256,
+            "name": info.name,
+            "inputs": info.inputs,
+            "outputs": info.outputs,
+            "isolation": info.isolation,
+        }
+
+    @app.post("/v1/models/{model_sha256}/infer")
+    async def infer(
+        request: Request, model_sha256: str, seed: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0
+    ) -> Any:
+        """Run a model on a sealed input (body); returns outputs and the logged receipt."""
+        sealed = await _body(request, 64 * 1024 * 1024)
+        result = await run_in_threadpool(core.run, model_sha256, sealed, seed=seed, parameters={})
+        return {
+            "outputs": tensors_to_json(result.outputs),
+            "parameters": {"receipt_id": result.receipt_id, "log_index": result.log_index},
+            "receipt": parse_canonical_json(result.receipt, what="receipt"),
+        }
+
+    @app.get("/v1/log/checkpoint")
+    def checkpoint() -> Response:
+        """The latest signed checkpoint (C2SP signed note)."""
+        return Response(core.checkpoint(), media_type="text/plain; charset=utf-8")
+
+    @app.get("/v1/log/proof/inclusion")
+    def inclusion(index: Annotated[int, Query(ge=0)], size: Annotated[int, Query(ge=1)]) -> Any:
+        """RFC 9162 inclusion proof."""
+        return {
+            "index": index,
+            "size": size,
+            "proof": [b64encode(h) for h in core.inclusion_proof(index, size)],
+        }
+
+    @app.get("/v1/log/proof/consistency")
+    def consistency(old: Annotated[int, Query(ge=1)], new: Annotated[int, Query(ge=1)]) -> Any:
+        """RFC 9162 consistency proof."""
+        return {
+            "old": old,
+            "new": new,
+            "proof": [b64encode(h) for h in core.consistency_proof(old, new)],
+        }
+
+    return app

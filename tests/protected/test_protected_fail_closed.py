@@ -1,0 +1,107 @@
+"""No audit record, no execution: a log that refuses an append stops the run and its outputs."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import example_bytes, iris_inputs
+from qward.client import seal_input, seal_model
+from qward.errors import AuditError
+from qward.protected import service as service_module
+from qward.protected.auditor import Auditor
+from qward.protected.keystore import create_keystore
+from qward.protected.models import ModelRegistry
+from qward.protected.service import CoreService
+from qward.tlog.store import SQLiteLogStore
+
+
+class FaultyStore:
+    """A real SQLite log store whose ``sequence`` fails once ``failing`` is set."""
+
+    def __init__(self, store: SQLiteLogStore) -> None:
+        self._store = store
+        self.failing = False
+        self.sequenced: list[bytes] = []
+
+    def sequence(self, entries: Sequence[bytes]) -> list[int]:
+        if self.failing:
+            raise sqlite3.OperationalError("disk I/O error")
+        self.sequenced.extend(entries)
+        return self._store.sequence(entries)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+
+@pytest.fixture()
+def core(tmp_path: Path) -> Iterator[tuple[CoreService, FaultyStore, str]]:
+    keys = create_keystore(tmp_path, origin="test.example/log")
+    store = FaultyStore(SQLiteLogStore.open(tmp_path / "log.sqlite"))
+    auditor = Auditor(store=store, origin=keys.origin, signers=keys.log_signers)  # type: ignore[arg-type]
+    service = CoreService(keys=keys, auditor=auditor, registry=ModelRegistry(tmp_path / "models"))
+    reply, _ = service.dispatch(
+        {"op": "register_model", "name": "iris"},
+        seal_model(example_bytes("iris-mlp.onnx"), trust=service.trust),
+    )
+    yield service, store, reply["model_sha256"]
+    service._models.close()
+
+
+def _run_request(service: CoreService, digest: str) -> tuple[dict[str, Any], bytes]:
+    inputs, seed = iris_inputs()
+    return {"op": "run", "model_sha256": digest, "seed": seed}, seal_input(
+        inputs, trust=service.trust
+    )
+
+
+def test_run_without_log_never_opens_the_input(
+    core: tuple[CoreService, FaultyStore, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    service, store, digest = core
+    opened: list[bytes] = []
+    real_open = service_module.open_sealed
+    monkeypatch.setattr(service_module, "open_sealed",
+                        lambda blob, **kw: opened.append(blob) or real_open(blob, **kw))
+    header, payload = _run_request(service, digest)
+    store.failing = True
+    with pytest.raises(AuditError, match="refused the entry"):
+        service.dispatch(header, payload)
+    assert opened == []
+
+
+def test_outputs_are_withheld_if_the_receipt_cannot_be_logged(
+    core: tuple[CoreService, FaultyStore, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    service, store, digest = core
+    worker = service._models.get(digest).worker
+    assert worker is not None
+    real_run = worker.run
+    ran: list[int] = []
+
+    def run_then_break_the_log(*args: Any, **kwargs: Any) -> Any:
+        outputs = real_run(*args, **kwargs)
+        ran.append(1)
+        store.failing = True  # the log dies between execution and the receipt append
+        return outputs
+
+    monkeypatch.setattr(worker, "run", run_then_break_the_log)
+    header, payload = _run_request(service, digest)
+    with pytest.raises(AuditError):
+        service.dispatch(header, payload)
+    assert ran == [1]
+    assert not any(b'"qward/receipt/v1"' in e for e in store.sequenced)
+
+
+def test_healthy_run_logs_key_use_before_receipt(core: tuple[CoreService, FaultyStore, str]) -> None:
+    service, store, digest = core
+    before = len(store.sequenced)
+    reply, outputs = service.dispatch(*_run_request(service, digest))
+    new = store.sequenced[before:]
+    assert [b'"qward/key-use/v1"' in new[0], b'"qward/receipt/v1"' in new[1]] == [True, True]
+    assert b"unseal-input" in new[0]
+    assert reply["ok"] and outputs
