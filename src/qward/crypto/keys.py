@@ -9,7 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives import hpke
-from cryptography.hazmat.primitives.asymmetric import ed25519, mldsa, mlkem, x25519
+from cryptography.hazmat.primitives.asymmetric import ed25519 as ed
+from cryptography.hazmat.primitives.asymmetric import mldsa, mlkem
+from cryptography.hazmat.primitives.asymmetric import x25519 as xdh
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from qward.encoding import b64decode, b64encode, domain_hash
@@ -28,7 +30,7 @@ def key_id_for(suite: str, public_bytes: bytes) -> str:
     return domain_hash("qward/key-id/v1", suite.encode("ascii") + b"\x00" + public_bytes).hex()[:16]
 
 
-def _raw(key: x25519.X25519PublicKey | ed25519.Ed25519PublicKey) -> bytes:
+def _raw(key: xdh.X25519PublicKey | ed.Ed25519PublicKey) -> bytes:
     return key.public_bytes(Encoding.Raw, PublicFormat.Raw)
 
 
@@ -54,14 +56,14 @@ class HPKERecipientKey:
         try:
             return hpke.MLKEM768X25519PublicKey(
                 mlkem.MLKEM768PublicKey.from_public_bytes(self.mlkem768),
-                x25519.X25519PublicKey.from_public_bytes(self.x25519),
+                xdh.X25519PublicKey.from_public_bytes(self.x25519),
             )
         except ValueError:
             raise FormatError("HPKE recipient key: invalid public key") from None
 
     @classmethod
     def from_hpke_parts(
-        cls, mlkem_key: mlkem.MLKEM768PublicKey, x25519_key: x25519.X25519PublicKey
+        cls, mlkem_key: mlkem.MLKEM768PublicKey, x25519_key: xdh.X25519PublicKey
     ) -> HPKERecipientKey:
         """Build from the two component public keys."""
         return cls(mlkem768=mlkem_key.public_bytes_raw(), x25519=_raw(x25519_key))
@@ -111,19 +113,19 @@ class HybridVerifyKey:
         """Key id over both public components."""
         return key_id_for(self.suite, self.mldsa65 + self.ed25519)
 
-    def components(self) -> tuple[mldsa.MLDSA65PublicKey, ed25519.Ed25519PublicKey]:
+    def components(self) -> tuple[mldsa.MLDSA65PublicKey, ed.Ed25519PublicKey]:
         """The two pyca/cryptography public key objects."""
         try:
             return (
                 mldsa.MLDSA65PublicKey.from_public_bytes(self.mldsa65),
-                ed25519.Ed25519PublicKey.from_public_bytes(self.ed25519),
+                ed.Ed25519PublicKey.from_public_bytes(self.ed25519),
             )
         except ValueError:
             raise FormatError("hybrid verification key: invalid public key") from None
 
     @classmethod
     def from_components(
-        cls, mldsa_key: mldsa.MLDSA65PublicKey, ed_key: ed25519.Ed25519PublicKey
+        cls, mldsa_key: mldsa.MLDSA65PublicKey, ed_key: ed.Ed25519PublicKey
     ) -> HybridVerifyKey:
         """Build from the two component public keys."""
         return cls(mldsa65=mldsa_key.public_bytes_raw(), ed25519=_raw(ed_key))

@@ -19,8 +19,8 @@ from typing import Any
 
 from qward import __version__
 from qward.core_protocol import MAX_FRAME_PAYLOAD
-from qward.errors import QwardError
-from qward.framing import FormatError, recv_frame, send_frame
+from qward.errors import FormatError, QwardError
+from qward.framing import recv_frame, send_frame
 from qward.protected.auditor import Auditor
 from qward.protected.keystore import PASSPHRASE_ENV, create_keystore, load_keystore
 from qward.protected.models import ModelRegistry

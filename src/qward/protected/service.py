@@ -165,7 +165,7 @@ class CoreService:
         return worker, inputs, worker.run(inputs, seed=seed)
 
     def op_run(self, header: dict[str, Any], payload: bytes) -> Reply:
-        entry = self._models.get(header.get("model_sha256"))
+        entry = self._models.get(str(header.get("model_sha256")))
         parameters = header.get("parameters", {})
         if not isinstance(parameters, dict):
             raise InputError("parameters must be an object")
@@ -249,7 +249,7 @@ class CoreService:
         if not isinstance(receipt, str):
             raise InputError("replay needs the receipt")
         body = self._verifier.verify(receipt.encode("utf-8")).body
-        entry = self._models.get(body["model"]["sha256"])
+        entry = self._models.get(str(body["model"]["sha256"]))
         request_id = self._src.token()
         _, inputs, outputs = self._execute(
             entry, payload, seed=body["seed"], request_id=request_id, purpose="unseal-replay-input"

@@ -1,0 +1,260 @@
+"""SQLite log store: the three phases, proofs against published checkpoints, durability, failure."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ed25519, mldsa
+
+from qward.errors import AuditError, InputError
+from qward.tlog import merkle
+from qward.tlog.audit import verify_log
+from qward.tlog.checkpoint import Checkpoint
+from qward.tlog.note import Ed25519NoteSigner, MLDSA44NoteSigner, open_note
+from qward.tlog.store import MAX_ENTRY_BYTES, SQLiteLogStore
+
+ORIGIN = "log.example/store"
+SIGNERS = (
+    Ed25519NoteSigner(
+        name=ORIGIN, private_key=ed25519.Ed25519PrivateKey.from_private_bytes(bytes(32))
+    ),
+    MLDSA44NoteSigner(name=ORIGIN, private_key=mldsa.MLDSA44PrivateKey.from_seed_bytes(bytes(32))),
+)
+VERIFIERS = tuple(s.verifier() for s in SIGNERS)
+
+
+def entry(i: int) -> bytes:
+    return f'{{"entry":{i}}}'.encode()
+
+
+@pytest.fixture()
+def path(tmp_path: Path) -> Path:
+    return tmp_path / "log.sqlite"
+
+
+@pytest.fixture()
+def store(path: Path) -> Iterator[SQLiteLogStore]:
+    with SQLiteLogStore.open(path) as opened:
+        yield opened
+
+
+def grow(store: SQLiteLogStore, batches: list[int]) -> list[bytes]:
+    """Sequence, integrate and publish one checkpoint per batch; returns the notes."""
+    notes = []
+    for count in batches:
+        first = store.sequenced_size()
+        assert store.sequence([entry(first + i) for i in range(count)]) == list(
+            range(first, first + count)
+        )
+        store.integrate()
+        notes.append(store.publish(origin=ORIGIN, signers=SIGNERS))
+    return notes
+
+
+def checkpoint_of(note: bytes) -> Checkpoint:
+    return Checkpoint.from_body(open_note(note, VERIFIERS)[0])
+
+
+def test_phases_round_trip(store: SQLiteLogStore) -> None:
+    assert (store.size(), store.sequenced_size(), store.latest_checkpoint()) == (0, 0, None)
+    assert store.sequence([]) == []
+    assert store.sequence([entry(0), entry(1), entry(2)]) == [0, 1, 2]
+    assert (store.size(), store.sequenced_size()) == (0, 3)
+    size, root = store.integrate()
+    want = merkle.root_from_leaf_hashes([merkle.leaf_hash(entry(i)) for i in range(3)])
+    assert (size, root) == (3, want) == (store.size(), root)
+    note = store.publish(origin=ORIGIN, signers=SIGNERS)
+    assert checkpoint_of(note) == Checkpoint(origin=ORIGIN, size=3, root_hash=want)
+    assert store.latest_checkpoint() == note
+    assert store.entry(1) == entry(1)
+    assert store.node(0, 2) == merkle.leaf_hash(entry(2))
+    assert store.node(1, 0) == merkle.node_hash(store.node(0, 0), store.node(0, 1))
+
+
+def test_nothing_new_reuses_the_latest_checkpoint(store: SQLiteLogStore) -> None:
+    first = grow(store, [2])[0]
+    store.integrate()
+    assert store.publish(origin=ORIGIN, signers=SIGNERS) == first
+    # A different signer set is a reason to sign again, even for the same tree.
+    again = store.publish(origin=ORIGIN, signers=SIGNERS[:1])
+    assert again != first and checkpoint_of(first) == Checkpoint.from_body(
+        open_note(again, VERIFIERS[:1])[0]
+    )
+    assert list(store.checkpoints()) == [first, again]
+
+
+def test_empty_log_publishes_the_empty_tree(store: SQLiteLogStore) -> None:
+    assert store.integrate() == (0, merkle.EMPTY_ROOT)
+    assert checkpoint_of(store.publish(origin=ORIGIN, signers=SIGNERS)).size == 0
+    assert verify_log(store, origin=ORIGIN, verifiers=VERIFIERS).checkpoints == 1
+
+
+def test_incremental_integration_stores_exactly_the_complete_subtrees(
+    store: SQLiteLogStore,
+) -> None:
+    sizes = [1, 1, 2, 3, 5, 8, 13, 1, 30, 64, 2]
+    grow(store, sizes)
+    total = sum(sizes)
+    hashes = [merkle.leaf_hash(entry(i)) for i in range(total)]
+    expected = {}
+    level = 1
+    while (1 << level) <= total:
+        width = 1 << level
+        for index in range(total // width):
+            leaves = hashes[index * width : (index + 1) * width]
+            expected[(level, index)] = merkle.root_from_leaf_hashes(leaves)
+        level += 1
+    assert {(lv, i): h for lv, i, h in store.node_rows()} == expected
+
+
+def test_store_proofs_verify_against_published_checkpoints(store: SQLiteLogStore) -> None:
+    checkpoints = [checkpoint_of(n) for n in grow(store, [1, 4, 3, 9, 1, 16, 7])]
+    for cp in checkpoints:
+        for index in {0, cp.size // 2, cp.size - 1}:
+            merkle.verify_inclusion(
+                leaf_hash=merkle.leaf_hash(store.entry(index)),
+                index=index,
+                size=cp.size,
+                proof=store.inclusion_proof(index, cp.size),
+                root=cp.root_hash,
+            )
+    for old in checkpoints:
+        for new in checkpoints:
+            if old.size <= new.size:
+                merkle.verify_consistency(
+                    old_size=old.size,
+                    new_size=new.size,
+                    old_root=old.root_hash,
+                    new_root=new.root_hash,
+                    proof=store.consistency_proof(old.size, new.size),
+                )
+
+
+def test_out_of_range_requests_are_input_errors(store: SQLiteLogStore) -> None:
+    grow(store, [5])
+    store.sequence([entry(5)])  # sequenced, not yet integrated
+    for call in (
+        lambda: store.inclusion_proof(5, 6),
+        lambda: store.inclusion_proof(5, 5),
+        lambda: store.inclusion_proof(-1, 5),
+        lambda: store.consistency_proof(3, 6),
+        lambda: store.consistency_proof(4, 3),
+        lambda: store.node(0, 5),
+        lambda: store.node(3, 0),
+        lambda: store.node(-1, 0),
+        lambda: store.entry(6),
+    ):
+        with pytest.raises(InputError):
+            call()
+    assert store.entry(5) == entry(5)
+
+
+def test_reopening_preserves_everything(path: Path) -> None:
+    with SQLiteLogStore.open(path) as first:
+        notes = grow(first, [3, 4])
+        first.sequence([entry(7)])
+        proof = first.inclusion_proof(2, 7)
+    with SQLiteLogStore.open(path) as again:
+        assert (again.size(), again.sequenced_size()) == (7, 8)
+        assert list(again.checkpoints()) == notes
+        assert again.latest_checkpoint() == notes[-1]
+        assert again.inclusion_proof(2, 7) == proof
+        assert again.integrate()[0] == 8
+        assert again.entry(7) == entry(7)
+        report = verify_log(again, origin=ORIGIN, verifiers=VERIFIERS)
+        assert (report.entries, report.tree_size, report.checkpoints) == (8, 8, 2)
+
+
+def test_database_is_durable_by_configuration(store: SQLiteLogStore, path: Path) -> None:
+    with sqlite3.connect(path) as raw:
+        assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert store._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+
+
+def test_entry_limits(store: SQLiteLogStore) -> None:
+    assert store.sequence([b"x" * MAX_ENTRY_BYTES]) == [0]
+    with pytest.raises(AuditError, match="refused"):
+        store.sequence([b"ok", b"x" * (MAX_ENTRY_BYTES + 1)])
+    with pytest.raises(AuditError):
+        store.sequence(["text"])  # type: ignore[list-item]
+    assert store.sequenced_size() == 1
+
+
+@pytest.mark.parametrize(
+    ("table", "phase"),
+    [("entries", "sequencing"), ("nodes", "integrating"), ("checkpoints", "publishing")],
+)
+def test_sqlite_failures_fail_closed(path: Path, table: str, phase: str) -> None:
+    with SQLiteLogStore.open(path) as store:
+        grow(store, [1])
+        store.sequence([entry(1)])
+        with sqlite3.connect(path) as raw:
+            raw.execute(
+                f"CREATE TRIGGER fail BEFORE INSERT ON {table} "
+                "BEGIN SELECT RAISE(ABORT, 'disk full'); END"
+            )
+        with pytest.raises(AuditError, match=f"{phase}.*disk full"):
+            store.sequence([entry(2)])
+            store.integrate()
+            store.publish(origin=ORIGIN, signers=SIGNERS)
+        # The failed transaction left nothing behind, and the store still answers.
+        assert store.sequenced_size() == (2 if table == "entries" else 3)
+        assert store.size() == (3 if table == "checkpoints" else 1)
+        assert len(list(store.checkpoints())) == 1
+
+
+def test_a_closed_store_raises_audit_error(path: Path) -> None:
+    store = SQLiteLogStore.open(path)
+    store.close()
+    with pytest.raises(AuditError, match="sequencing"):
+        store.sequence([entry(0)])
+
+
+def test_opening_garbage_is_an_audit_error(tmp_path: Path) -> None:
+    bad = tmp_path / "not-a-db"
+    bad.write_bytes(b"this is not an SQLite database, not even slightly" * 10)
+    with pytest.raises(AuditError, match="not-a-db"):
+        SQLiteLogStore.open(bad)
+    with pytest.raises(AuditError):
+        SQLiteLogStore.open(tmp_path / "missing-dir" / "log.sqlite")
+
+
+def test_publish_refuses_another_origin(store: SQLiteLogStore) -> None:
+    grow(store, [2])
+    with pytest.raises(AuditError, match="holds checkpoints"):
+        store.publish(origin="other.example/log", signers=SIGNERS)
+
+
+def test_publish_refuses_to_sign_a_tree_inconsistent_with_its_past(
+    store: SQLiteLogStore, path: Path
+) -> None:
+    grow(store, [4])
+    with sqlite3.connect(path) as raw:
+        raw.execute("UPDATE nodes SET hash = ? WHERE level = 2 AND idx = 0", (bytes(32),))
+    store.sequence([entry(4)])
+    store.integrate()
+    with pytest.raises(AuditError, match="inconsistent with the published checkpoint at size 4"):
+        store.publish(origin=ORIGIN, signers=SIGNERS)
+    assert len(list(store.checkpoints())) == 1
+
+
+def test_concurrent_sequencing_assigns_unique_consecutive_indices(store: SQLiteLogStore) -> None:
+    results: list[list[int]] = []
+
+    def worker(n: int) -> None:
+        for i in range(10):
+            results.append(store.sequence([entry(1000 * n + i), entry(1000 * n + i + 500)]))
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    indices = sorted(i for batch in results for i in batch)
+    assert indices == list(range(80))
+    assert all(batch[1] == batch[0] + 1 for batch in results)
+    assert store.integrate()[0] == 80
