@@ -16,11 +16,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import example_bytes
 
 from qward.client import seal_input, seal_model
 from qward.receipts.trust import TrustBundle
 from qward.tensors import tensors_from_json
+
+from conftest import example_bytes
 
 PUBLIC_FLOW = textwrap.dedent("""
     import sys
@@ -191,6 +192,8 @@ def test_scan_finds_a_model_that_another_process_holds(tmp_path: Path) -> None:
     finally:
         holder.kill()
         holder.wait()
+        assert holder.stdout is not None
+        holder.stdout.close()
 
 
 def test_bad_request_to_public_api_is_a_clear_error(

@@ -13,7 +13,9 @@ import pytest
 def qward(*args: str, state: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "qward", *args, "--state-dir", str(state)],
-        capture_output=True, text=True, timeout=180,
+        capture_output=True,
+        text=True,
+        timeout=180,
     )
 
 
@@ -65,15 +67,22 @@ def test_missing_file_is_exit_2(demo_state: Path) -> None:
     assert "does not exist" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_run_then_replay_from_the_cli(demo_state: Path, tmp_path: Path,
-                                      request_file: Path) -> None:
+def test_run_then_replay_from_the_cli(demo_state: Path, tmp_path: Path, request_file: Path) -> None:
     from conftest import example_bytes
 
     model = tmp_path / "iris.onnx"
     model.write_bytes(example_bytes("iris-mlp.onnx"))
     receipt = tmp_path / "r.json"
-    ran = qward("run", "--model", str(model), "--input", str(request_file), "--receipt",
-                str(receipt), state=demo_state)
+    ran = qward(
+        "run",
+        "--model",
+        str(model),
+        "--input",
+        str(request_file),
+        "--receipt",
+        str(receipt),
+        state=demo_state,
+    )
     assert ran.returncode == 0, ran.stderr
     assert '"label"' in ran.stdout
     replayed = qward("replay", str(receipt), "--input", str(request_file), state=demo_state)
@@ -83,8 +92,9 @@ def test_run_then_replay_from_the_cli(demo_state: Path, tmp_path: Path,
 
 def test_bad_request_file_is_named(demo_state: Path, tmp_path: Path) -> None:
     request = tmp_path / "bad.json"
-    request.write_text('{"inputs": [{"name": "X", "datatype": "FP32", "shape": [1, 4], '
-                       '"data": [1, 2, 3]}]}')
+    request.write_text(
+        '{"inputs": [{"name": "X", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3]}]}'
+    )
     result = qward("verify", str(_receipt(demo_state)), "--input", str(request), state=demo_state)
     assert result.returncode == 2
     assert "do not fill shape" in result.stderr
@@ -97,15 +107,12 @@ def test_log_verify_passes_then_catches_tampering(demo_state: Path) -> None:
     assert ok.returncode == 0, ok.stderr
     assert "entries" in ok.stdout
     with sqlite3.connect(demo_state / "log.sqlite") as db:
-        tables = [t for (t,) in db.execute("SELECT name FROM sqlite_master WHERE type='table'")]
-        for table in tables:
-            columns = [row[1] for row in db.execute(f"PRAGMA table_info({table})")]
-            for column in columns:
-                rows = db.execute(f"SELECT rowid, {column} FROM {table}").fetchall()
-                hits = [r for r in rows if isinstance(r[1], bytes) and b"core-start" in r[1]]
-                for rowid, data in hits[:1]:
-                    db.execute(f"UPDATE {table} SET {column} = ? WHERE rowid = ?",
-                               (data.replace(b"core-start", b"core-stArt"), rowid))
+        rows = db.execute("SELECT idx, data FROM entries ORDER BY idx").fetchall()
+        idx, data = next((i, bytes(d)) for i, d in rows if b"core-start" in bytes(d))
+        db.execute(
+            "UPDATE entries SET data = ? WHERE idx = ?",
+            (data.replace(b"core-start", b"core-stArt"), idx),
+        )
     bad = qward("log", "verify", state=demo_state)
     assert bad.returncode == 1
-    assert "Traceback" not in bad.stderr
+    assert f"{idx}" in bad.stderr and "Traceback" not in bad.stderr

@@ -8,7 +8,6 @@ import sqlite3
 import numpy as np
 import onnxruntime as ort
 import pytest
-from conftest import example_bytes, iris_inputs
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -26,6 +25,8 @@ from qward.errors import (
 from qward.receipts.receipt import ReceiptBundle
 from qward.receipts.verify import Verifier
 from qward.tensors import Tensor, tensors_digest
+
+from conftest import example_bytes, iris_inputs
 
 
 def _plain_ort(inputs: tuple[Tensor, ...]) -> list[np.ndarray]:
@@ -203,27 +204,15 @@ def test_tampered_log_row_is_detected_by_log_verify(
     store.close()
     index = ReceiptBundle.from_bytes(receipt).index
     with sqlite3.connect(copy) as db:
-        table, column, key = _entry_table(db)
-        (data,) = db.execute(f"SELECT {column} FROM {table} WHERE {key} = ?", (index,)).fetchone()
+        (data,) = db.execute("SELECT data FROM entries WHERE idx = ?", (index,)).fetchone()
         db.execute(
-            f"UPDATE {table} SET {column} = ? WHERE {key} = ?",
+            "UPDATE entries SET data = ? WHERE idx = ?",
             (bytes(data).replace(b'"seed":42', b'"seed":43'), index),
         )
     store = SQLiteLogStore.open(copy)
     with pytest.raises(VerificationError):
         verify_log(store, origin=sdk.trust.origin, verifiers=sdk.trust.log_verifiers)
     store.close()
-
-
-def _entry_table(db: sqlite3.Connection) -> tuple[str, str, str]:
-    """Find the table and column holding raw entry bytes, without assuming the schema's names."""
-    for (table,) in db.execute("SELECT name FROM sqlite_master WHERE type='table'"):
-        columns = [row[1] for row in db.execute(f"PRAGMA table_info({table})")]
-        for column in columns:
-            row = db.execute(f"SELECT {column} FROM {table} LIMIT 1").fetchone()
-            if row and isinstance(row[0], bytes) and row[0].startswith(b'{"'):
-                return table, column, columns[0]
-    raise AssertionError("no entry table found")
 
 
 class _LyingCore:

@@ -19,14 +19,17 @@ MODULES = sorted(
 @pytest.mark.parametrize("name", MODULES)
 def test_all_matches_public_names(name: str) -> None:
     module = importlib.import_module(name)
-    if module.__file__ and module.__file__.endswith("__init__.py") and not hasattr(
-        module, "__all__"
+    if (
+        module.__file__
+        and module.__file__.endswith("__init__.py")
+        and not hasattr(module, "__all__")
     ):
         return  # a package map with nothing of its own to export
     exported = set(getattr(module, "__all__", ()))
     assert all(hasattr(module, n) for n in exported), f"{name}: __all__ names a missing member"
     defined = {
-        n for n, obj in vars(module).items()
+        n
+        for n, obj in vars(module).items()
         if not n.startswith("_")
         and (inspect.isfunction(obj) or inspect.isclass(obj))
         and getattr(obj, "__module__", None) == name

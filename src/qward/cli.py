@@ -63,8 +63,8 @@ def _example(name: str) -> bytes:
     return resources.files("qward.examples").joinpath(name).read_bytes()
 
 
-@app.command()
-def demo(state_dir: StateDir = _DEFAULT_STATE) -> None:
+@app.command("demo")
+def _demo(state_dir: StateDir = _DEFAULT_STATE) -> None:
     """Seal the bundled model, run it attested, verify the receipt offline and replay it."""
     core = CoreProcess.start(state_dir)
     try:
@@ -108,8 +108,8 @@ def _print_run(
     )
 
 
-@app.command()
-def seal(
+@app.command("seal")
+def _seal(
     model: Annotated[Path, typer.Argument(help="Plaintext ONNX model to seal.")],
     output: Annotated[
         Path, typer.Option("--output", "-o", help="Where to write the sealed model.")
@@ -126,8 +126,8 @@ def seal(
     console.print(f"sealed {model} -> {output} ({len(sealed)} bytes)")
 
 
-@app.command()
-def run(
+@app.command("run")
+def _run(
     model: Annotated[Path, typer.Option("--model", help="Plaintext ONNX model (sealed locally).")],
     input_file: Annotated[Path, typer.Option("--input", help="V2 JSON inference request.")],
     receipt_out: Annotated[Path, typer.Option("--receipt", help="Where to write the receipt.")],
@@ -157,8 +157,8 @@ def run(
     )
 
 
-@app.command()
-def verify(
+@app.command("verify")
+def _verify(
     receipt: Annotated[Path, typer.Argument(help="Receipt file to verify offline.")],
     trust_file: Annotated[Path | None, typer.Option("--trust", help="Pinned trust bundle.")] = None,
     model: Annotated[Path | None, typer.Option("--model", help="Also check this model.")] = None,
@@ -186,8 +186,8 @@ def verify(
     )
 
 
-@app.command()
-def replay(
+@app.command("replay")
+def _replay(
     receipt: Annotated[Path, typer.Argument(help="Receipt to replay.")],
     input_file: Annotated[Path, typer.Option("--input", help="The original V2 JSON request.")],
     state_dir: StateDir = _DEFAULT_STATE,
@@ -203,7 +203,7 @@ def replay(
 
 
 @log_app.command("verify")
-def log_verify(state_dir: StateDir = _DEFAULT_STATE) -> None:
+def _log_verify(state_dir: StateDir = _DEFAULT_STATE) -> None:
     """Recompute the whole log from its entries and check every checkpoint."""
     from qward.tlog.audit import verify_log
     from qward.tlog.store import SQLiteLogStore
@@ -223,8 +223,8 @@ def log_verify(state_dir: StateDir = _DEFAULT_STATE) -> None:
     )
 
 
-@app.command()
-def serve(
+@app.command("serve")
+def _serve(
     state_dir: StateDir = _DEFAULT_STATE,
     host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to bind.")] = 8000,

@@ -9,7 +9,6 @@ from typing import Any
 
 import pytest
 
-from conftest import example_bytes, iris_inputs
 from qward.client import seal_input, seal_model
 from qward.errors import AuditError
 from qward.protected import service as service_module
@@ -18,6 +17,8 @@ from qward.protected.keystore import create_keystore
 from qward.protected.models import ModelRegistry
 from qward.protected.service import CoreService
 from qward.tlog.store import SQLiteLogStore
+
+from conftest import example_bytes, iris_inputs
 
 
 class FaultyStore:
@@ -65,8 +66,11 @@ def test_run_without_log_never_opens_the_input(
     service, store, digest = core
     opened: list[bytes] = []
     real_open = service_module.open_sealed
-    monkeypatch.setattr(service_module, "open_sealed",
-                        lambda blob, **kw: opened.append(blob) or real_open(blob, **kw))
+    monkeypatch.setattr(
+        service_module,
+        "open_sealed",
+        lambda blob, **kw: opened.append(blob) or real_open(blob, **kw),
+    )
     header, payload = _run_request(service, digest)
     store.failing = True
     with pytest.raises(AuditError, match="refused the entry"):
@@ -97,7 +101,9 @@ def test_outputs_are_withheld_if_the_receipt_cannot_be_logged(
     assert not any(b'"qward/receipt/v1"' in e for e in store.sequenced)
 
 
-def test_healthy_run_logs_key_use_before_receipt(core: tuple[CoreService, FaultyStore, str]) -> None:
+def test_healthy_run_logs_key_use_before_receipt(
+    core: tuple[CoreService, FaultyStore, str],
+) -> None:
     service, store, digest = core
     before = len(store.sequenced)
     reply, outputs = service.dispatch(*_run_request(service, digest))

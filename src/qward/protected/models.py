@@ -12,7 +12,7 @@ from qward.encoding import canonical_json, parse_canonical_json, read_limited
 from qward.errors import InputError
 from qward.runtime.supervisor import WorkerProcess
 
-__all__ = ["MAX_MODEL_BYTES", "ModelEntry", "ModelRegistry"]
+__all__ = ["MAX_MODEL_BYTES", "ModelEntry", "ModelRegistry", "check_digest"]
 
 MAX_MODEL_BYTES = 1024 * 1024 * 1024
 _HEX = set("0123456789abcdef")

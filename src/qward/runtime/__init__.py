@@ -1,0 +1,8 @@
+"""The execution runtime: the sandboxed, deterministic worker and its supervisor.
+
+- ``determinism``: the ONNX Runtime profile, seeding, library versions and platform class.
+- ``sandbox``: isolation layers (network namespace, Landlock, seccomp, rlimits) and the
+  self-check that reports what is really in force.
+- ``worker``: the worker process (``python -m qward.runtime.worker``); it never holds a key.
+- ``supervisor``: ``WorkerProcess``, used by the core to start, call and stop workers.
+"""

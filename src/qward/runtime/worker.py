@@ -1,0 +1,221 @@
+"""The sandboxed worker process: ``python -m qward.runtime.worker``.
+
+It reads frames on stdin and answers on stdout (``qward.framing``). The first frame carries the
+plaintext model; the worker checks its digest, sandboxes itself, builds the deterministic ONNX
+Runtime session, warms it up, installs the seccomp allowlist, probes its own sandbox, and reports.
+Then it answers ``run`` frames until stdin closes. It never receives a key. Errors go back as
+``{"ok": false, "code", "message"}`` frames; tracebacks only to stderr.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import sysconfig
+import traceback
+from typing import Any, BinaryIO
+
+import numpy as np
+import onnxruntime as ort
+
+from qward.errors import FormatError, InputError, QwardError, RuntimeFailure
+from qward.framing import read_frame, write_frame
+from qward.runtime import sandbox
+from qward.runtime.determinism import (
+    build_session_options,
+    library_versions,
+    platform_class,
+    seed_everything,
+    session_options_record,
+)
+from qward.tensors import DATATYPES, Tensor, decode_tensors, encode_tensors
+
+__all__ = ["main"]
+
+MAX_MODEL_BYTES = 1024 * 1024 * 1024
+_ORT_TYPES = {
+    "tensor(bool)": "BOOL",
+    "tensor(uint8)": "UINT8",
+    "tensor(int8)": "INT8",
+    "tensor(int16)": "INT16",
+    "tensor(int32)": "INT32",
+    "tensor(int64)": "INT64",
+    "tensor(uint16)": "UINT16",
+    "tensor(uint32)": "UINT32",
+    "tensor(uint64)": "UINT64",
+    "tensor(float16)": "FP16",
+    "tensor(float)": "FP32",
+    "tensor(double)": "FP64",
+}
+
+
+def _describe(args: list[Any]) -> list[dict[str, Any]]:
+    return [
+        {
+            "name": a.name,
+            "datatype": _ORT_TYPES.get(a.type, a.type),
+            "shape": [d if isinstance(d, int) else -1 for d in (a.shape or [])],
+        }
+        for a in args
+    ]
+
+
+class _Model:
+    def __init__(self, model: bytes) -> None:
+        try:
+            self.session = ort.InferenceSession(
+                model, sess_options=build_session_options(), providers=["CPUExecutionProvider"]
+            )
+        except Exception as exc:  # onnxruntime raises its own untyped errors for bad models
+            raise InputError(
+                f"the model does not load in ONNX Runtime: {type(exc).__name__}"
+            ) from None
+        self.inputs = _describe(self.session.get_inputs())
+        self.outputs = _describe(self.session.get_outputs())
+        unsupported = [i["name"] for i in self.inputs if i["datatype"] not in DATATYPES]
+        if unsupported:
+            raise InputError(f"model inputs of unsupported types: {', '.join(unsupported)}")
+
+    def warm_up(self) -> None:
+        feed = {
+            i["name"]: np.zeros(
+                [d if d >= 0 else 1 for d in i["shape"]], dtype=DATATYPES[i["datatype"]]
+            )
+            for i in self.inputs
+        }
+        seed_everything(0)
+        self.session.run(None, feed)
+
+    def run(self, tensors: tuple[Tensor, ...], seed: int) -> tuple[Tensor, ...]:
+        feed = self._check(tensors)
+        seed_everything(seed)
+        names = [o["name"] for o in self.outputs]
+        try:
+            values = self.session.run(names, feed)
+        except Exception as exc:  # a shape the graph rejects at run time, out of memory, ...
+            raise RuntimeFailure(
+                f"ONNX Runtime failed on this input: {type(exc).__name__}"
+            ) from None
+        return tuple(
+            Tensor.from_numpy(n, np.asarray(v)) for n, v in zip(names, values, strict=True)
+        )
+
+    def _check(self, tensors: tuple[Tensor, ...]) -> dict[str, Any]:
+        given = {t.name: t for t in tensors}
+        expected = {i["name"]: i for i in self.inputs}
+        if set(given) != set(expected):
+            raise InputError(f"model expects inputs {sorted(expected)}, got {sorted(given)}")
+        for name, spec in expected.items():
+            tensor = given[name]
+            if tensor.datatype != spec["datatype"]:
+                raise InputError(
+                    f"input {name!r} must be {spec['datatype']}, got {tensor.datatype}"
+                )
+            shape = spec["shape"]
+            if len(tensor.shape) != len(shape) or any(
+                d >= 0 and d != g for d, g in zip(shape, tensor.shape, strict=True)
+            ):
+                raise InputError(
+                    f"input {name!r} must have shape {shape} (-1 = any), got {list(tensor.shape)}"
+                )
+        return {name: t.to_numpy() for name, t in given.items()}
+
+
+def _read_paths() -> list[str]:
+    paths = {
+        sys.prefix,
+        sys.base_prefix,
+        sysconfig.get_paths()["stdlib"],
+        sysconfig.get_paths()["purelib"],
+        sysconfig.get_paths()["platlib"],
+        os.path.dirname(ort.__file__),
+        os.path.dirname(np.__file__),
+    }
+    return sorted(p for p in paths if p and os.path.isdir(p))
+
+
+def _load(header: dict[str, Any], payload: bytes) -> tuple[_Model, dict[str, Any]]:
+    if header.get("op") != "load":
+        raise FormatError("the first frame must be a load")
+    if hashlib.sha256(payload).hexdigest() != header.get("model_sha256"):
+        raise InputError("model bytes do not match the announced model_sha256")
+    memory_limit = header.get("memory_limit")
+    if not isinstance(memory_limit, int) or memory_limit < 256 * 1024 * 1024:
+        raise InputError("memory_limit must be at least 256 MiB")
+    report = sandbox.IsolationReport()
+    sandbox.apply_network_namespace(report)
+    sandbox.apply_no_new_privs(report)
+    sandbox.apply_landlock(report, read_only=_read_paths())
+    sandbox.apply_rlimits(report, memory_limit=memory_limit)
+    sandbox.probe(report, stage="pre-seccomp")
+    model = _Model(payload)
+    del payload
+    model.warm_up()
+    sandbox.apply_seccomp(report)
+    sandbox.probe(report, stage="final")
+    return model, {
+        "ok": True,
+        "isolation": report.to_json(),
+        "session_options": session_options_record(),
+        "libraries": library_versions(),
+        "platform_class": PLATFORM_CLASS,
+        "inputs": model.inputs,
+        "outputs": model.outputs,
+    }
+
+
+def _error(exc: BaseException) -> dict[str, Any]:
+    if isinstance(exc, QwardError):
+        return {"ok": False, "code": exc.code, "message": str(exc)}
+    traceback.print_exc(file=sys.stderr)
+    return {"ok": False, "code": RuntimeFailure.code, "message": "internal error in the worker"}
+
+
+def _serve(stdin: BinaryIO, stdout: BinaryIO) -> int:
+    header, payload = read_frame(stdin, max_payload=MAX_MODEL_BYTES)
+    try:
+        model, info = _load(header, payload)
+    except Exception as exc:
+        write_frame(stdout, _error(exc))
+        return 2
+    del payload
+    write_frame(stdout, info)
+    while True:
+        try:
+            header, payload = read_frame(stdin, max_payload=MAX_MODEL_BYTES)
+        except EOFError:
+            return 0
+        try:
+            if header.get("op") != "run":
+                raise FormatError(f"unknown worker operation {header.get('op')!r}")
+            seed = header.get("seed")
+            if not isinstance(seed, int):
+                raise InputError("seed must be an integer")
+            outputs = model.run(decode_tensors(payload), seed)
+            write_frame(stdout, {"ok": True}, encode_tensors(outputs))
+        except Exception as exc:
+            write_frame(stdout, _error(exc))
+
+
+PLATFORM_CLASS = platform_class()  # read /proc/cpuinfo before the sandbox hides it
+
+
+def main() -> int:
+    """Worker entry point; stdout is reserved for frames."""
+    for variable, value in (("ORT_DISABLE_TELEMETRY", "1"), ("OMP_NUM_THREADS", "1")):
+        if os.environ.get(variable) != value:
+            print(f"qward worker: refusing to start without {variable}={value}", file=sys.stderr)
+            return 2
+    frames_out = os.fdopen(os.dup(1), "wb", buffering=0)
+    os.dup2(2, 1)  # anything a library prints goes to stderr, never into the frame stream
+    sys.stdout = sys.stderr
+    try:
+        return _serve(sys.stdin.buffer, frames_out)
+    except (EOFError, FormatError) as exc:
+        print(f"qward worker: protocol error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
