@@ -17,6 +17,7 @@ import traceback
 from typing import Any, BinaryIO
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 
 from qward.errors import FormatError, InputError, QwardError, RuntimeFailure
@@ -61,12 +62,50 @@ def _describe(args: list[Any]) -> list[dict[str, Any]]:
     ]
 
 
+# Operators that draw from a generator ONNX Runtime seeds when the session is built, so
+# ``set_seed`` before a run has no effect on them: such models get a fresh session per request.
+_RANDOM_OPS = frozenset(
+    {
+        "RandomNormal",
+        "RandomUniform",
+        "RandomNormalLike",
+        "RandomUniformLike",
+        "Multinomial",
+        "Bernoulli",
+    }
+)
+
+
+def _op_types(graph: onnx.GraphProto) -> set[str]:
+    found = set()
+    for node in graph.node:
+        found.add(node.op_type)
+        for attribute in node.attribute:
+            for sub in [attribute.g, *attribute.graphs]:
+                found |= _op_types(sub)
+    return found
+
+
+def _has_random_ops(model: bytes) -> bool:
+    try:
+        proto = onnx.load_model_from_string(model)
+    except Exception:  # protobuf's DecodeError and friends; ORT reports the model as invalid
+        return False
+    return bool(_op_types(proto.graph) & _RANDOM_OPS)
+
+
+def _session(model: bytes) -> Any:
+    return ort.InferenceSession(
+        model, sess_options=build_session_options(), providers=["CPUExecutionProvider"]
+    )
+
+
 class _Model:
     def __init__(self, model: bytes) -> None:
+        self.fresh_session_per_request = _has_random_ops(model)
+        self._bytes = model if self.fresh_session_per_request else b""
         try:
-            self.session = ort.InferenceSession(
-                model, sess_options=build_session_options(), providers=["CPUExecutionProvider"]
-            )
+            self.session = _session(model)
         except Exception as exc:  # onnxruntime raises its own untyped errors for bad models
             raise InputError(
                 f"the model does not load in ONNX Runtime: {type(exc).__name__}"
@@ -90,6 +129,8 @@ class _Model:
     def run(self, tensors: tuple[Tensor, ...], seed: int) -> tuple[Tensor, ...]:
         feed = self._check(tensors)
         seed_everything(seed)
+        if self.fresh_session_per_request:
+            self.session = _session(self._bytes)
         names = [o["name"] for o in self.outputs]
         try:
             values = self.session.run(names, feed)
@@ -157,7 +198,10 @@ def _load(header: dict[str, Any], payload: bytes) -> tuple[_Model, dict[str, Any
     return model, {
         "ok": True,
         "isolation": report.to_json(),
-        "session_options": session_options_record(),
+        "session_options": {
+            **session_options_record(),
+            "fresh_session_per_request": model.fresh_session_per_request,
+        },
         "libraries": library_versions(),
         "platform_class": PLATFORM_CLASS,
         "inputs": model.inputs,
