@@ -11,13 +11,14 @@ import json
 import sys
 from importlib import resources
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
+import numpy as np
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from qward.client import Client, seal_model
+from qward.client import Client, VerifiedRun, seal_model
 from qward.core_process import CoreProcess, core_session
 from qward.encoding import read_limited
 from qward.errors import (
@@ -82,26 +83,33 @@ def _demo(state_dir: StateDir = _DEFAULT_STATE) -> None:
             replay = sdk.replay(run.receipt, inputs)
     finally:
         core.stop()
-    _print_run(info.isolation, run.verified.body, run.outputs, receipt_path, replay.verdict)
+    _print_run(info.isolation, run, receipt_path, replay.verdict)
 
 
 def _print_run(
-    isolation: dict[str, object],
-    body: dict[str, object],
-    outputs: object,
-    receipt_path: Path,
-    verdict: str,
+    isolation: dict[str, Any], run: VerifiedRun, receipt_path: Path, verdict: str
 ) -> None:
+    body = run.verified.body
     table = Table(title="qward demo: attested run of the bundled iris model", show_header=False)
-    model, output = body["model"], body["output"]
-    assert isinstance(model, dict) and isinstance(output, dict)
-    table.add_row("model sha256", str(model["sha256"]))
-    table.add_row("output sha256", str(output["sha256"]))
-    table.add_row("outputs", json.dumps(tensors_to_json(outputs))[:300])  # type: ignore[arg-type]
-    table.add_row("receipt", f"{receipt_path} (signature, inclusion proof, checkpoint: verified)")
-    table.add_row("replay", verdict)
+    table.add_row("model", f"{body['model']['name']}  sha256 {body['model']['sha256']}")
+    table.add_row("input", f"sha256 {body['input']['sha256']}  seed {body['seed']}")
+    for tensor in run.outputs:
+        values = np.array2string(tensor.to_numpy(), precision=4, suppress_small=True)
+        table.add_row(f"output {tensor.name}", f"{tensor.datatype}{list(tensor.shape)} {values}")
+    table.add_row("output sha256", body["output"]["sha256"])
+    table.add_row("receipt", f"{receipt_path}\nsigned {body['signer']['suite']}, verified offline")
+    table.add_row(
+        "log",
+        f"entry {run.log_index} of {run.verified.checkpoint.size} in "
+        f"{run.verified.checkpoint.origin} (Ed25519 + ML-DSA-44 checkpoint)",
+    )
+    layers = [n for n, layer in isolation["layers"].items() if layer["enforced"]]
     degraded = isolation.get("degraded") or []
-    table.add_row("isolation degraded", ", ".join(map(str, degraded)) if degraded else "none")  # type: ignore[call-overload]
+    table.add_row(
+        "isolation",
+        f"enforced: {', '.join(layers)}\ndegraded: {', '.join(degraded) if degraded else 'none'}",
+    )
+    table.add_row("replay", verdict)
     console.print(table)
     console.print(
         f"verify it yourself: qward verify {receipt_path} --state-dir {receipt_path.parent.parent}"
