@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import json
+import socket
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
 
+import httpx
 import pytest
 
 from qward.client import Client
@@ -48,3 +53,55 @@ def request_file(tmp_path: Path) -> Path:
     path.write_bytes(example_bytes("iris-request.json"))
     json.loads(path.read_text())
     return path
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture()
+def public_server(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], str, Path]]:
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "qward", "serve", "--state-dir", str(tmp_path), "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    _wait_for(url, proc)
+    yield proc, url, tmp_path
+    proc.terminate()
+    proc.wait(30)
+
+
+@pytest.fixture(scope="module")
+def public_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    """A `qward serve` process shared by a module: (base URL, state dir)."""
+    state = tmp_path_factory.mktemp("served")
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "qward", "serve", "--state-dir", str(state), "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_for(url, proc)
+        yield url, state
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def _wait_for(url: str, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            if httpx.get(url + "/v1/trust", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    proc.kill()
+    pytest.fail("qward serve did not come up")

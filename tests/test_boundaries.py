@@ -6,11 +6,9 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import socket
 import subprocess
 import sys
 import textwrap
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -56,36 +54,6 @@ def test_public_flow_never_imports_protected(tmp_path: Path) -> None:
         timeout=120,
     ).stdout
     assert "PROTECTED:\n" in out, out
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture()
-def public_server(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], str, Path]]:
-    port = _free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "qward", "serve", "--state-dir", str(tmp_path), "--port", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url + "/v1/trust", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    else:
-        proc.kill()
-        pytest.fail("qward serve did not come up")
-    yield proc, url, tmp_path
-    proc.terminate()
-    proc.wait(30)
 
 
 def _readable_memory(pid: int) -> Iterator[bytes]:

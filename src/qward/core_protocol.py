@@ -90,6 +90,7 @@ class CoreInterface(Protocol):
     ) -> RunResult: ...
     def replay(self, receipt: bytes, sealed_input: bytes) -> ReplayResult: ...
     def checkpoint(self) -> bytes: ...
+    def tile(self, path: str) -> bytes: ...
     def inclusion_proof(self, index: int, size: int) -> tuple[bytes, ...]: ...
     def consistency_proof(self, old_size: int, new_size: int) -> tuple[bytes, ...]: ...
 
@@ -199,6 +200,11 @@ class CoreClient:
     def checkpoint(self) -> bytes:
         """The latest signed checkpoint."""
         _, body = self.call({"op": "checkpoint"})
+        return body
+
+    def tile(self, path: str) -> bytes:
+        """A C2SP tlog-tiles resource (``tile/<L>/<N>[.p/<W>]`` or ``tile/entries/...``)."""
+        _, body = self.call({"op": "tile", "path": path})
         return body
 
     def inclusion_proof(self, index: int, size: int) -> tuple[bytes, ...]:

@@ -5,7 +5,8 @@ catch it wholesale, mapping each family to an exit code or an HTTP status::
 
     QwardError
     ├── InputError               bad input: malformed file, wrong shape, over a size limit
-    │   └── FormatError          an artifact (sealed blob, receipt, note, trust) does not parse
+    │   ├── FormatError          an artifact (sealed blob, receipt, note, trust) does not parse
+    │   └── NotFoundError        the named model, entry or tile does not exist (yet)
     ├── CryptoError              a cryptographic operation failed
     │   ├── DecryptionError      authentication failed while opening a sealed artifact
     │   └── UnknownKeyError      an artifact names a key id nobody trusts or holds
@@ -33,6 +34,7 @@ __all__ = [
     "InputError",
     "KeystoreError",
     "LogInconsistencyError",
+    "NotFoundError",
     "ProofError",
     "QwardError",
     "ReplayMismatchError",
@@ -60,6 +62,12 @@ class FormatError(InputError):
     """An artifact is malformed, truncated, non-canonical or of an unknown version."""
 
     code = "bad_format"
+
+
+class NotFoundError(InputError):
+    """The named model, log entry or tile does not exist, or not yet."""
+
+    code = "not_found"
 
 
 class CryptoError(QwardError):

@@ -24,6 +24,7 @@ from qward.errors import (
     CoreUnavailableError,
     CryptoError,
     InputError,
+    NotFoundError,
     QwardError,
     RuntimeFailure,
     UnknownKeyError,
@@ -35,6 +36,7 @@ __all__ = ["create_app"]
 
 _MAX_BODY = 1024 * 1024 * 1024
 _STATUS: list[tuple[type[QwardError], int]] = [
+    (NotFoundError, 404),
     (UnknownKeyError, 422),
     (CryptoError, 422),
     (VerificationError, 422),
@@ -99,6 +101,24 @@ def create_app(state_dir: Path) -> FastAPI:
     def checkpoint() -> Response:
         """The latest signed checkpoint (C2SP signed note)."""
         return Response(core.checkpoint(), media_type="text/plain; charset=utf-8")
+
+    @app.get("/log/checkpoint")
+    def tlog_checkpoint() -> Response:
+        """C2SP tlog-tiles checkpoint (mutable: not cached)."""
+        return Response(
+            core.checkpoint(),
+            media_type="text/plain; charset=utf-8",
+            headers={"Cache-Control": "no-cache, max-age=1"},
+        )
+
+    @app.get("/log/tile/{path:path}")
+    def tlog_tile(path: str) -> Response:
+        """C2SP tlog-tiles hash tiles and entry bundles (immutable)."""
+        return Response(
+            core.tile(f"tile/{path}"),
+            media_type="application/octet-stream",
+            headers={"Cache-Control": "public, max-age=604800, immutable"},
+        )
 
     @app.get("/v1/log/proof/inclusion")
     def inclusion(index: Annotated[int, Query(ge=0)], size: Annotated[int, Query(ge=1)]) -> Any:

@@ -5,8 +5,15 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 
-from qward.errors import AuditError
+from qward.errors import AuditError, NotFoundError
 from qward.tlog.checkpoint import Checkpoint
+from qward.tlog.layout import (
+    TILE_WIDTH,
+    encode_entry_bundle,
+    parse_tile_path,
+    tile_hashes,
+    tile_width_at,
+)
 from qward.tlog.note import NoteSigner
 from qward.tlog.store import SQLiteLogStore
 
@@ -65,6 +72,18 @@ class Auditor:
     def consistency_proof(self, old_size: int, new_size: int) -> tuple[bytes, ...]:
         """Consistency proof from the store."""
         return tuple(self._store.consistency_proof(old_size, new_size))
+
+    def tile(self, path: str) -> bytes:
+        """A C2SP tlog-tiles resource, served only within the latest published checkpoint."""
+        ref = parse_tile_path(path)
+        note = self.latest_checkpoint()
+        size = Checkpoint.from_body(note.split(b"\n\n", 1)[0] + b"\n").size
+        if tile_width_at(ref, size) < ref.width:
+            raise NotFoundError(f"{path} is not part of the published tree of {size} entries")
+        if ref.level is not None:
+            return tile_hashes(ref, self._store.node)
+        first = ref.index * TILE_WIDTH
+        return encode_entry_bundle([self._store.entry(first + i) for i in range(ref.width)])
 
     def latest_checkpoint(self) -> bytes:
         """The latest published checkpoint note, publishing one if none exists yet."""

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from qward.encoding import canonical_json, parse_canonical_json, read_limited
-from qward.errors import InputError
+from qward.errors import InputError, NotFoundError
 from qward.runtime.supervisor import WorkerProcess
 
 __all__ = ["MAX_MODEL_BYTES", "ModelEntry", "ModelRegistry", "check_digest"]
@@ -73,7 +73,7 @@ class ModelRegistry:
         check_digest(model_sha256, "model_sha256")
         entry = self._models.get(model_sha256)
         if entry is None:
-            raise InputError(f"model {model_sha256} is not registered with this core")
+            raise NotFoundError(f"model {model_sha256} is not registered with this core")
         return entry
 
     def worker(self, entry: ModelEntry, open_model: Callable[[bytes], bytes]) -> WorkerProcess:

@@ -280,6 +280,9 @@ class CoreService:
     def op_checkpoint(self, header: dict[str, Any], payload: bytes) -> Reply:
         return {"ok": True}, self._auditor.latest_checkpoint()
 
+    def op_tile(self, header: dict[str, Any], payload: bytes) -> Reply:
+        return {"ok": True}, self._auditor.tile(str(header.get("path")))
+
     def op_inclusion_proof(self, header: dict[str, Any], payload: bytes) -> Reply:
         proof = self._auditor.inclusion_proof(_int(header, "index"), _int(header, "size"))
         return {"ok": True, "proof": [b64encode(h) for h in proof]}, b""
@@ -318,6 +321,7 @@ _OPS: dict[str, Callable[[CoreService, dict[str, Any], bytes], Reply]] = {
     "run": CoreService.op_run,
     "replay": CoreService.op_replay,
     "checkpoint": CoreService.op_checkpoint,
+    "tile": CoreService.op_tile,
     "inclusion_proof": CoreService.op_inclusion_proof,
     "consistency_proof": CoreService.op_consistency_proof,
 }
