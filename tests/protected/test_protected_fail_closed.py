@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from qward.client import seal_input, seal_model
-from qward.errors import AuditError
+from qward.errors import AuditError, InputError
 from qward.protected import service as service_module
 from qward.protected.auditor import Auditor
 from qward.protected.keystore import create_keystore
@@ -111,3 +111,15 @@ def test_healthy_run_logs_key_use_before_receipt(
     assert [b'"qward/key-use/v1"' in new[0], b'"qward/receipt/v1"' in new[1]] == [True, True]
     assert b"unseal-input" in new[0]
     assert reply["ok"] and outputs
+
+
+def test_unencodable_parameters_are_refused_before_any_key_use(
+    core: tuple[CoreService, FaultyStore, str],
+) -> None:
+    service, store, digest = core
+    header, payload = _run_request(service, digest)
+    before = len(store.sequenced)
+    for bad in ({"temperature": 0.7}, {"blob": "x" * 20_000}, ["not", "an", "object"]):
+        with pytest.raises(InputError):
+            service.dispatch({**header, "parameters": bad}, payload)
+    assert len(store.sequenced) == before

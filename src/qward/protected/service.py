@@ -28,7 +28,6 @@ from qward.receipts.receipt import RECEIPT_FORMAT, SIGNING_CONTEXT, ReceiptBundl
 from qward.receipts.trust import TrustBundle
 from qward.receipts.verify import Verifier
 from qward.tensors import Tensor, decode_tensors, encode_tensors, tensors_digest
-from qward.tlog.note import NoteVerifier
 
 __all__ = ["INPUT_CONTENT_TYPE", "MODEL_CONTENT_TYPE", "CoreService", "Reply"]
 
@@ -36,6 +35,7 @@ MODEL_CONTENT_TYPE = "application/onnx"
 INPUT_CONTENT_TYPE = "application/vnd.qward.tensors"
 MAX_INPUT_BYTES = 64 * 1024 * 1024
 _MAX_SEED = 2**63 - 1
+_MAX_PARAMETERS_BYTES = 16 * 1024
 
 Reply = tuple[dict[str, Any], bytes]
 
@@ -69,7 +69,7 @@ class CoreService:
         self._src = sources or _Sources()
         self.trust = TrustBundle(
             origin=keys.origin,
-            log_verifiers=tuple(_note_verifier(s) for s in keys.log_signers),
+            log_verifiers=tuple(s.verifier() for s in keys.log_signers),
             receipt_keys=(keys.receipt_signer.public_key,),
             hpke_recipient=keys.hpke_public,
         )
@@ -148,10 +148,8 @@ class CoreService:
         }, b""
 
     def _execute(
-        self, entry: ModelEntry, sealed_input: bytes, *, seed: object, request_id: str, purpose: str
+        self, entry: ModelEntry, sealed_input: bytes, *, seed: int, request_id: str, purpose: str
     ) -> tuple[Any, tuple[Tensor, ...], tuple[Tensor, ...]]:
-        if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= _MAX_SEED:
-            raise InputError(f"seed must be an integer from 0 to {_MAX_SEED}")
         inputs = decode_tensors(
             self._open(
                 sealed_input,
@@ -166,11 +164,9 @@ class CoreService:
 
     def op_run(self, header: dict[str, Any], payload: bytes) -> Reply:
         entry = self._models.get(str(header.get("model_sha256")))
-        parameters = header.get("parameters", {})
-        if not isinstance(parameters, dict):
-            raise InputError("parameters must be an object")
+        parameters = _parameters(header.get("parameters", {}))
+        seed = _seed(header.get("seed"))
         request_id = self._src.token()
-        seed = header.get("seed")
         worker, inputs, outputs = self._execute(
             entry, payload, seed=seed, request_id=request_id, purpose="unseal-input"
         )
@@ -179,7 +175,7 @@ class CoreService:
             worker.info,
             inputs,
             outputs,
-            seed=int(str(seed)),
+            seed=seed,
             parameters=parameters,
             request_id=request_id,
         )
@@ -211,7 +207,6 @@ class CoreService:
         parameters: dict[str, Any],
         request_id: str,
     ) -> dict[str, Any]:
-        canonical_json(parameters)  # rejects floats and other values with no single encoding
         return {
             "format": RECEIPT_FORMAT,
             "receipt_id": request_id,
@@ -252,7 +247,11 @@ class CoreService:
         entry = self._models.get(str(body["model"]["sha256"]))
         request_id = self._src.token()
         _, inputs, outputs = self._execute(
-            entry, payload, seed=body["seed"], request_id=request_id, purpose="unseal-replay-input"
+            entry,
+            payload,
+            seed=_seed(body["seed"]),
+            request_id=request_id,
+            purpose="unseal-replay-input",
         )
         if tensors_digest(inputs) != body["input"]["sha256"]:
             raise InputError("replay input differs from the input the receipt records")
@@ -304,15 +303,26 @@ class CoreService:
         self.log_admin("core-stop", pid=os.getpid())
 
 
+def _seed(value: object) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= _MAX_SEED:
+        raise InputError(f"seed must be an integer from 0 to {_MAX_SEED}")
+    return value
+
+
+def _parameters(value: object) -> dict[str, Any]:
+    """Request parameters go into the signed receipt, so they must have one canonical encoding."""
+    if not isinstance(value, dict):
+        raise InputError("parameters must be an object")
+    if len(canonical_json(value)) > _MAX_PARAMETERS_BYTES:
+        raise InputError(f"parameters are over the {_MAX_PARAMETERS_BYTES} byte limit")
+    return value
+
+
 def _int(header: dict[str, Any], key: str) -> int:
     value = header.get(key)
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
         raise InputError(f"{key} must be a non-negative integer")
     return value
-
-
-def _note_verifier(signer: Any) -> NoteVerifier:
-    return signer.verifier()  # type: ignore[no-any-return]
 
 
 _OPS: dict[str, Callable[[CoreService, dict[str, Any], bytes], Reply]] = {
