@@ -159,16 +159,19 @@ def seal_stream(
     )
     dst.write(STREAM_MAGIC + _U32.pack(len(header)) + header + _U32.pack(len(wrap)) + wrap)
     aead, aad = AESGCM(payload_key), hashlib.sha256(STREAM_MAGIC + header).digest()
-    buffer = bytearray(chunk_size)
-    view = memoryview(buffer)
+    # Two input buffers (current and read-ahead) and one output buffer, reused for every chunk.
+    views = [memoryview(bytearray(chunk_size)), memoryview(bytearray(chunk_size))]
+    out = memoryview(bytearray(chunk_size + 16))
     total, index = 0, 0
-    pending = _fill(src, view)
+    pending = _fill(src, views[0])
     while True:
         # Read one chunk ahead: the current chunk is last exactly when the next read is empty.
-        current = bytes(view[:pending])
-        following = _fill(src, view)
+        current, ahead = views[index % 2], views[(index + 1) % 2]
+        following = _fill(src, ahead)
         last = following == 0
-        dst.write(aead.encrypt(chunk_nonce(prefix, index, last=last), current, aad))
+        nonce = chunk_nonce(prefix, index, last=last)
+        written = aead.encrypt_into(nonce, current[:pending], aad, out[: pending + 16])
+        dst.write(out[:written])
         total += pending
         if progress is not None:
             progress(total)
