@@ -6,9 +6,11 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,7 +21,7 @@ from qward.client import seal_input, seal_model
 from qward.receipts.trust import TrustBundle
 from qward.tensors import tensors_from_json
 
-from conftest import example_bytes
+from conftest import _free_port, _wait_for, example_bytes
 
 PUBLIC_FLOW = textwrap.dedent("""
     import sys
@@ -172,3 +174,34 @@ def test_bad_request_to_public_api_is_a_clear_error(
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "bad_format"
     assert "Traceback" not in response.text
+
+
+def _core_pids(state_dir: Path) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"qward.protected" in cmdline and str(state_dir).encode() in cmdline:
+                pids.append(int(entry.name))
+    return pids
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_core_does_not_outlive_qward_serve(tmp_path: Path, sig: signal.Signals) -> None:
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "qward", "serve", "--state-dir", str(tmp_path), "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    _wait_for(f"http://127.0.0.1:{port}", proc)
+    assert len(_core_pids(tmp_path)) == 1
+    proc.send_signal(sig)
+    proc.wait(30)
+    deadline = time.monotonic() + 20
+    while _core_pids(tmp_path) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _core_pids(tmp_path) == []

@@ -56,7 +56,14 @@ class CoreProcess:
         log = open(state_dir / "core.log", "ab")  # noqa: SIM115 - handed to the child
         with log:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "qward.protected", "--state-dir", str(state_dir)],
+                [
+                    sys.executable,
+                    "-m",
+                    "qward.protected",
+                    "--state-dir",
+                    str(state_dir),
+                    "--exit-with-parent",
+                ],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,

@@ -7,6 +7,7 @@ directory with mode 0600, so only the operator's account can reach the core.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import os
 import signal
 import socketserver
@@ -28,6 +29,8 @@ from qward.protected.service import CoreService
 from qward.tlog.store import SQLiteLogStore
 
 __all__ = ["build_service", "main"]
+
+_PR_SET_PDEATHSIG = 1
 
 
 def build_service(state_dir: Path) -> CoreService:
@@ -91,11 +94,27 @@ class _CoreServer(socketserver.ThreadingUnixStreamServer):
         super().__init__(str(path), _Handler)
 
 
+def _exit_with_parent() -> None:
+    # A core started for one CLI command or one `qward serve` must not outlive it, even when the
+    # parent is killed before it can stop the core: the kernel sends SIGTERM when the parent dies.
+    parent = os.getppid()
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:
+        raise SystemExit(0)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the protected core process."""
     parser = argparse.ArgumentParser(prog="python -m qward.protected")
     parser.add_argument("--state-dir", type=Path, required=True)
+    parser.add_argument(
+        "--exit-with-parent",
+        action="store_true",
+        help="stop when the process that started the core exits",
+    )
     args = parser.parse_args(argv)
+    if args.exit_with_parent:
+        _exit_with_parent()
     state_dir: Path = args.state_dir
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     try:
