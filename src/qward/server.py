@@ -31,6 +31,7 @@ from qward.errors import (
     VerificationError,
 )
 from qward.tensors import tensors_to_json
+from qward.v2 import v2_router
 
 __all__ = ["create_app"]
 
@@ -61,6 +62,7 @@ def create_app(state_dir: Path) -> FastAPI:
     """The public API in front of the core listening in ``state_dir``."""
     app = FastAPI(title="qward", version=__version__)
     core = CoreClient(socket_path(state_dir))
+    app.include_router(v2_router(core, core.trust()))
 
     @app.exception_handler(QwardError)
     async def _qward_error(request: Request, exc: QwardError) -> JSONResponse:

@@ -91,6 +91,11 @@ class ModelRegistry:
                 entry.worker = WorkerProcess.start(model=plaintext, model_sha256=entry.model_sha256)
             return entry.worker
 
+    def entries(self) -> list[ModelEntry]:
+        """Every registered model, in name order."""
+        with self._lock:
+            return sorted(self._models.values(), key=lambda e: (e.name, e.model_sha256))
+
     def close(self) -> None:
         """Stop every worker."""
         for entry in self._models.values():

@@ -276,6 +276,21 @@ class CoreService:
             "expected_sha256": expected,
         }, encode_tensors(outputs)
 
+    def op_models(self, header: dict[str, Any], payload: bytes) -> Reply:
+        models = []
+        for entry in self._models.entries():
+            worker = entry.worker
+            models.append(
+                {
+                    "name": entry.name,
+                    "model_sha256": entry.model_sha256,
+                    "ready": worker is not None and worker.alive,
+                    "inputs": worker.info["inputs"] if worker else [],
+                    "outputs": worker.info["outputs"] if worker else [],
+                }
+            )
+        return {"ok": True, "models": models}, b""
+
     def op_checkpoint(self, header: dict[str, Any], payload: bytes) -> Reply:
         return {"ok": True}, self._auditor.latest_checkpoint()
 
@@ -331,6 +346,7 @@ _OPS: dict[str, Callable[[CoreService, dict[str, Any], bytes], Reply]] = {
     "run": CoreService.op_run,
     "replay": CoreService.op_replay,
     "checkpoint": CoreService.op_checkpoint,
+    "models": CoreService.op_models,
     "tile": CoreService.op_tile,
     "inclusion_proof": CoreService.op_inclusion_proof,
     "consistency_proof": CoreService.op_consistency_proof,

@@ -1,0 +1,131 @@
+"""Open Inference Protocol V2 with the stock tritonclient, unchanged, sync and async."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+from pathlib import Path
+
+import httpx
+import numpy as np
+import onnxruntime as ort
+import pytest
+import tritonclient.http as triton
+import tritonclient.http.aio as triton_aio
+
+from qward.client import seal_model, verify
+from qward.receipts.trust import TrustBundle
+
+from conftest import example_bytes, iris_inputs
+
+
+@pytest.fixture(scope="module")
+def served(public_url: tuple[str, Path]) -> tuple[str, TrustBundle]:
+    url, _ = public_url
+    trust = TrustBundle.from_bytes(httpx.get(url + "/v1/trust").content)
+    reply = httpx.post(
+        url + "/v1/models",
+        params={"name": "iris"},
+        content=seal_model(example_bytes("iris-mlp.onnx"), trust=trust),
+        timeout=60,
+    )
+    assert reply.status_code == 200, reply.text
+    return url, trust
+
+
+def _expected() -> list[np.ndarray]:
+    inputs, _ = iris_inputs()
+    session = ort.InferenceSession(
+        example_bytes("iris-mlp.onnx"), providers=["CPUExecutionProvider"]
+    )
+    return session.run(None, {"X": inputs[0].to_numpy()})
+
+
+def _request(binary: bool) -> tuple[list[triton.InferInput], list[triton.InferRequestedOutput]]:
+    inputs, _ = iris_inputs()
+    x = triton.InferInput("X", [3, 4], "FP32")
+    x.set_data_from_numpy(inputs[0].to_numpy(), binary_data=binary)
+    outputs = [
+        triton.InferRequestedOutput(n, binary_data=binary) for n in ("label", "probabilities")
+    ]
+    return [x], outputs
+
+
+@pytest.mark.parametrize("binary", [True, False])
+def test_tritonclient_sync(served: tuple[str, TrustBundle], binary: bool) -> None:
+    url, trust = served
+    client = triton.InferenceServerClient(url.removeprefix("http://"))
+    assert client.is_server_live() and client.is_server_ready()
+    assert client.is_model_ready("iris")
+    metadata = client.get_model_metadata("iris")
+    assert [i["name"] for i in metadata["inputs"]] == ["X"]
+    inputs, outputs = _request(binary)
+    result = client.infer(
+        "iris", inputs, outputs=outputs, parameters={"seed": 42}, request_id="req-1"
+    )
+    labels, probabilities = _expected()
+    assert result.as_numpy("label").tolist() == labels.tolist()
+    np.testing.assert_allclose(result.as_numpy("probabilities"), probabilities, rtol=1e-5)
+    response = result.get_response()
+    assert response["id"] == "req-1"
+    receipt = response["parameters"]["qward_receipt"].encode()
+    verified = verify(receipt, trust=trust)
+    assert verified.bundle.index == response["parameters"]["qward_log_index"]
+    assert verified.body["seed"] == 42
+    client.close()
+
+
+def test_tritonclient_async(served: tuple[str, TrustBundle]) -> None:
+    url, _ = served
+
+    async def go() -> list[list[int]]:
+        client = triton_aio.InferenceServerClient(url.removeprefix("http://"))
+        try:
+            inputs, _ = iris_inputs()
+            x = triton_aio.InferInput("X", [3, 4], "FP32")
+            x.set_data_from_numpy(inputs[0].to_numpy())
+            results = await asyncio.gather(*(client.infer("iris", [x]) for _ in range(3)))
+            return [r.as_numpy("label").tolist() for r in results]
+        finally:
+            await client.close()
+
+    assert asyncio.run(go()) == [_expected()[0].tolist()] * 3
+
+
+def test_gzip_body_and_unknown_model(served: tuple[str, TrustBundle]) -> None:
+    url, _ = served
+    request = json.loads(example_bytes("iris-request.json"))
+    reply = httpx.post(
+        f"{url}/v2/models/iris/infer",
+        content=gzip.compress(json.dumps(request).encode()),
+        headers={"Content-Encoding": "gzip"},
+        timeout=60,
+    )
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["outputs"][0]["data"] == [0, 1, 2]
+    missing = httpx.post(f"{url}/v2/models/nope/infer", json=request)
+    assert missing.status_code == 404
+    assert "nope" in missing.json()["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("body", "headers", "message"),
+    [
+        (b"{not json", {}, "not valid JSON"),
+        (b'{"inputs": []}', {"Inference-Header-Content-Length": "99999"}, "does not fit"),
+        (b"garbage", {"Content-Encoding": "gzip"}, "not valid gzip"),
+        (
+            b'{"inputs": [{"name": "X", "datatype": "FP32", "shape": [1, 4], "data": [1, 2]}]}',
+            {},
+            "do not fill shape",
+        ),
+    ],
+)
+def test_bad_requests_are_400_with_a_reason(
+    served: tuple[str, TrustBundle], body: bytes, headers: dict[str, str], message: str
+) -> None:
+    url, _ = served
+    reply = httpx.post(f"{url}/v2/models/iris/infer", content=body, headers=headers)
+    assert reply.status_code == 400
+    assert message in reply.json()["error"]["message"]
