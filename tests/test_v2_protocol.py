@@ -106,7 +106,7 @@ def test_gzip_body_and_unknown_model(served: tuple[str, TrustBundle]) -> None:
     assert reply.json()["outputs"][0]["data"] == [0, 1, 2]
     missing = httpx.post(f"{url}/v2/models/nope/infer", json=request)
     assert missing.status_code == 404
-    assert "nope" in missing.json()["error"]["message"]
+    assert "nope" in missing.json()["error"]
 
 
 @pytest.mark.parametrize(
@@ -128,4 +128,64 @@ def test_bad_requests_are_400_with_a_reason(
     url, _ = served
     reply = httpx.post(f"{url}/v2/models/iris/infer", content=body, headers=headers)
     assert reply.status_code == 400
-    assert message in reply.json()["error"]["message"]
+    assert message in reply.json()["error"]
+
+
+def test_model_repository_load_unload(tmp_path: Path) -> None:
+    """`qward serve --model-repository` loads sealed models; unload and load work per V2."""
+    from qward.core_process import CoreProcess
+
+    from conftest import _free_port, _wait_for
+
+    state = tmp_path / "state"
+    core = CoreProcess.start(state)  # creates the keys so the repository can be sealed to them
+    with core.client() as connection:
+        trust = connection.trust()
+    core.stop()
+    repository = tmp_path / "repo"
+    (repository / "iris").mkdir(parents=True)
+    (repository / "iris" / "model.sealed").write_bytes(
+        seal_model(example_bytes("iris-mlp.onnx"), trust=trust)
+    )
+    port = _free_port()
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "qward",
+            "serve",
+            "--state-dir",
+            str(state),
+            "--port",
+            str(port),
+            "--model-repository",
+            str(repository),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_for(url, proc)
+        client = triton.InferenceServerClient(url.removeprefix("http://"))
+        assert client.get_model_repository_index() == [
+            {"name": "iris", "version": "1", "state": "READY"}
+        ]
+        inputs, outputs = _request(True)
+        assert client.infer("iris", inputs, outputs=outputs).as_numpy("label").tolist() == [0, 1, 2]
+        client.unload_model("iris")
+        assert not client.is_model_ready("iris")
+        with pytest.raises(Exception, match="unloaded"):
+            client.infer("iris", inputs, outputs=outputs)
+        client.load_model("iris")
+        assert client.is_model_ready("iris")
+        assert client.infer("iris", inputs, outputs=outputs).as_numpy("label").tolist() == [0, 1, 2]
+        bad = httpx.post(f"{url}/v2/repository/models/..%2Fetc/load")
+        assert bad.status_code in (400, 404)
+        client.close()
+    finally:
+        proc.terminate()
+        proc.wait(30)

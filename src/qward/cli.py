@@ -236,6 +236,9 @@ def _serve(
     state_dir: StateDir = _DEFAULT_STATE,
     host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to bind.")] = 8000,
+    model_repository: Annotated[
+        Path | None, typer.Option(help="Directory of sealed models: <name>/model.sealed.")
+    ] = None,
 ) -> None:
     """Start the protected core and the public HTTP API in front of it."""
     import uvicorn
@@ -244,7 +247,8 @@ def _serve(
 
     core = CoreProcess.start(state_dir)
     try:
-        uvicorn.run(create_app(state_dir), host=host, port=port, log_level="info")
+        app = create_app(state_dir, model_repository=model_repository)
+        uvicorn.run(app, host=host, port=port, log_level="info")
     finally:
         core.stop()
 

@@ -31,7 +31,7 @@ from qward.errors import (
     VerificationError,
 )
 from qward.tensors import tensors_to_json
-from qward.v2 import v2_router
+from qward.v2 import ModelRepository, v2_router
 
 __all__ = ["create_app"]
 
@@ -58,15 +58,22 @@ async def _body(request: Request, limit: int = _MAX_BODY) -> bytes:
     return b"".join(chunks)
 
 
-def create_app(state_dir: Path) -> FastAPI:
-    """The public API in front of the core listening in ``state_dir``."""
+def create_app(state_dir: Path, *, model_repository: Path | None = None) -> FastAPI:
+    """The public API in front of the core listening in ``state_dir``; models in
+    ``model_repository`` (sealed) are loaded at start."""
     app = FastAPI(title="qward", version=__version__)
     core = CoreClient(socket_path(state_dir))
-    app.include_router(v2_router(core, core.trust()))
+    repository = ModelRepository(model_repository) if model_repository else None
+    if repository is not None:
+        repository.load_all(core)
+    app.include_router(v2_router(core, core.trust(), repository))
 
     @app.exception_handler(QwardError)
     async def _qward_error(request: Request, exc: QwardError) -> JSONResponse:
         status = next((s for cls, s in _STATUS if isinstance(exc, cls)), 500)
+        if request.url.path.startswith("/v2"):
+            # The V2 protocol's error body is {"error": "<message>"}; stock clients parse it so.
+            return JSONResponse({"error": f"{exc.code}: {exc}"}, status_code=status)
         return JSONResponse({"error": {"code": exc.code, "message": str(exc)}}, status_code=status)
 
     @app.get("/v1/trust")

@@ -10,7 +10,9 @@ receipt itself. Supports JSON tensors, the binary tensor extension
 from __future__ import annotations
 
 import json
+import re
 import zlib
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -20,13 +22,21 @@ from starlette.concurrency import run_in_threadpool
 from qward import __version__
 from qward.client import seal_input
 from qward.core_protocol import CoreInterface
+from qward.encoding import read_limited
 from qward.errors import InputError, NotFoundError
 from qward.receipts.trust import TrustBundle
 from qward.tensors import DATATYPES, Tensor, tensors_from_json
 
-__all__ = ["MAX_REQUEST_BYTES", "v2_router"]
+__all__ = [
+    "MAX_REQUEST_BYTES",
+    "MAX_SEALED_MODEL_BYTES",
+    "SEALED_MODEL_FILE",
+    "ModelRepository",
+    "v2_router",
+]
 
 MAX_REQUEST_BYTES = 64 * 1024 * 1024
+MAX_SEALED_MODEL_BYTES = 1024 * 1024 * 1024 + 65536
 _HEADER_LENGTH = "inference-header-content-length"
 _RESERVED_PARAMETERS = {"binary_data_output", "seed"}
 
@@ -132,7 +142,45 @@ def _encode_response(
     )
 
 
-def v2_router(core: CoreInterface, trust: TrustBundle) -> APIRouter:
+_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+SEALED_MODEL_FILE = "model.sealed"
+
+
+class ModelRepository:
+    """Sealed models at ``<dir>/<name>/model.sealed``; no plaintext model lives here."""
+
+    def __init__(self, directory: Path) -> None:
+        if not directory.is_dir():
+            raise InputError(f"model repository {directory} is not a directory")
+        self.directory = directory
+
+    def names(self) -> list[str]:
+        """Names of the models present in the repository."""
+        return sorted(
+            p.parent.name
+            for p in self.directory.glob(f"*/{SEALED_MODEL_FILE}")
+            if _MODEL_NAME.match(p.parent.name)
+        )
+
+    def sealed(self, name: str) -> bytes:
+        """The sealed model for ``name``, read through the size limit."""
+        if not _MODEL_NAME.match(name):
+            raise InputError(f"{name!r} is not a valid model name")
+        path = self.directory / name / SEALED_MODEL_FILE
+        if not path.is_file():
+            raise NotFoundError(f"model {name!r} is not in the repository")
+        return read_limited(str(path), limit=MAX_SEALED_MODEL_BYTES, what=f"model {name}")
+
+    def load_all(self, core: CoreInterface) -> list[str]:
+        """Register every model in the repository with the core."""
+        for name in self.names():
+            core.register_model(self.sealed(name), name=name)
+        return self.names()
+
+
+def v2_router(
+    core: CoreInterface, trust: TrustBundle, repository: ModelRepository | None = None
+) -> APIRouter:
     """The V2 routes over ``core``; models are addressed by the name they were registered under."""
     router = APIRouter(prefix="/v2", tags=["open-inference-protocol-v2"])
 
@@ -185,11 +233,25 @@ def v2_router(core: CoreInterface, trust: TrustBundle) -> APIRouter:
 
     @router.post("/repository/index")
     def repository_index() -> list[dict[str, Any]]:
-        """Every registered model and its state."""
-        return [
-            {"name": m["name"], "version": "1", "state": "READY" if m["ready"] else "UNAVAILABLE"}
-            for m in core.models()
-        ]
+        """Every model in the repository or registered with the core, and its state."""
+        states = {m["name"]: "READY" if m["ready"] else "UNAVAILABLE" for m in core.models()}
+        for name in repository.names() if repository else []:
+            states.setdefault(name, "UNAVAILABLE")
+        return [{"name": n, "version": "1", "state": s} for n, s in sorted(states.items())]
+
+    @router.post("/repository/models/{name}/load")
+    def repository_load(name: str) -> dict[str, Any]:
+        """(Re)load a model from the repository: its sealed file goes to the core."""
+        if repository is None:
+            raise NotFoundError("this server has no model repository")
+        info = core.register_model(repository.sealed(name), name=name)
+        return {"name": name, "model_sha256": info.model_sha256}
+
+    @router.post("/repository/models/{name}/unload")
+    def repository_unload(name: str) -> dict[str, Any]:
+        """Stop the model's worker; inference is refused until it is loaded again."""
+        core.unload_model(model(name)["model_sha256"])
+        return {"name": name}
 
     @router.post("/models/{name}/infer")
     @router.post("/models/{name}/versions/{version}/infer")

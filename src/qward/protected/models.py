@@ -33,6 +33,7 @@ class ModelEntry:
     sealed_sha256: str
     name: str
     worker: WorkerProcess | None = None
+    unloaded: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -58,6 +59,7 @@ class ModelRegistry:
         with self._lock:
             existing = self._models.get(model_sha256)
             if existing is not None:
+                existing.unloaded = False
                 return existing
             sealed_sha = hashlib.sha256(sealed).hexdigest()
             (self._dir / f"{model_sha256}.sealed").write_bytes(sealed)
@@ -79,6 +81,8 @@ class ModelRegistry:
     def worker(self, entry: ModelEntry, open_model: Callable[[bytes], bytes]) -> WorkerProcess:
         """The entry's live worker, starting one (via ``open_model``) if needed."""
         with entry.lock:
+            if entry.unloaded:
+                raise InputError(f"model {entry.name!r} is unloaded; load it again to use it")
             if entry.worker is None or not entry.worker.alive:
                 if entry.worker is not None:
                     entry.worker.close()
@@ -90,6 +94,14 @@ class ModelRegistry:
                 plaintext = open_model(sealed)
                 entry.worker = WorkerProcess.start(model=plaintext, model_sha256=entry.model_sha256)
             return entry.worker
+
+    def unload(self, entry: ModelEntry) -> None:
+        """Stop the entry's worker; runs are refused until the model is registered again."""
+        with entry.lock:
+            entry.unloaded = True
+            if entry.worker is not None:
+                entry.worker.close()
+                entry.worker = None
 
     def entries(self) -> list[ModelEntry]:
         """Every registered model, in name order."""

@@ -276,6 +276,12 @@ class CoreService:
             "expected_sha256": expected,
         }, encode_tensors(outputs)
 
+    def op_unload_model(self, header: dict[str, Any], payload: bytes) -> Reply:
+        entry = self._models.get(str(header.get("model_sha256")))
+        self._models.unload(entry)
+        self.log_admin("model-unloaded", model_sha256=entry.model_sha256, name=entry.name)
+        return {"ok": True}, b""
+
     def op_models(self, header: dict[str, Any], payload: bytes) -> Reply:
         models = []
         for entry in self._models.entries():
@@ -284,7 +290,7 @@ class CoreService:
                 {
                     "name": entry.name,
                     "model_sha256": entry.model_sha256,
-                    "ready": worker is not None and worker.alive,
+                    "ready": worker is not None and worker.alive and not entry.unloaded,
                     "inputs": worker.info["inputs"] if worker else [],
                     "outputs": worker.info["outputs"] if worker else [],
                 }
@@ -347,6 +353,7 @@ _OPS: dict[str, Callable[[CoreService, dict[str, Any], bytes], Reply]] = {
     "replay": CoreService.op_replay,
     "checkpoint": CoreService.op_checkpoint,
     "models": CoreService.op_models,
+    "unload_model": CoreService.op_unload_model,
     "tile": CoreService.op_tile,
     "inclusion_proof": CoreService.op_inclusion_proof,
     "consistency_proof": CoreService.op_consistency_proof,
