@@ -8,12 +8,14 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
 import httpx
 import pytest
 
+from qward.auth import TOKEN_FILE, TokenStore
 from qward.client import Client
 from qward.core_process import CoreProcess
 from qward.core_protocol import ModelInfo
@@ -61,45 +63,70 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture()
-def public_server(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], str, Path]]:
+@dataclass(frozen=True)
+class Served:
+    """A running `qward serve`: its process, base URL, state dir and an admin's headers."""
+
+    proc: subprocess.Popen[bytes]
+    url: str
+    state: Path
+    headers: dict[str, str]
+    token: str
+
+
+def start_serve(state: Path, *extra: str, upload: bool = True) -> Served:
+    """Start `qward serve` on a free port with an admin token (and model upload, by default)."""
+    state.mkdir(parents=True, exist_ok=True)
+    token, _ = TokenStore(state / TOKEN_FILE).create(role="admin", models=())
     port = _free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "qward", "serve", "--state-dir", str(tmp_path), "--port", str(port)],
+        [
+            sys.executable,
+            "-m",
+            "qward",
+            "serve",
+            "--state-dir",
+            str(state),
+            "--port",
+            str(port),
+            *(["--allow-model-upload"] if upload else []),
+            *extra,
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     url = f"http://127.0.0.1:{port}"
     _wait_for(url, proc)
-    yield proc, url, tmp_path
-    proc.terminate()
-    proc.wait(30)
+    return Served(
+        proc=proc, url=url, state=state, headers={"Authorization": f"Bearer {token}"}, token=token
+    )
+
+
+def stop_serve(served: Served) -> None:
+    served.proc.terminate()
+    served.proc.wait(30)
+
+
+@pytest.fixture()
+def public_server(tmp_path: Path) -> Iterator[Served]:
+    served = start_serve(tmp_path)
+    yield served
+    stop_serve(served)
 
 
 @pytest.fixture(scope="module")
-def public_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
-    """A `qward serve` process shared by a module: (base URL, state dir)."""
-    state = tmp_path_factory.mktemp("served")
-    port = _free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "qward", "serve", "--state-dir", str(state), "--port", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_for(url, proc)
-        yield url, state
-    finally:
-        proc.terminate()
-        proc.wait(30)
+def public_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    """A `qward serve` process shared by a module."""
+    served = start_serve(tmp_path_factory.mktemp("served"))
+    yield served
+    stop_serve(served)
 
 
 def _wait_for(url: str, proc: subprocess.Popen[bytes]) -> None:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and proc.poll() is None:
         try:
-            if httpx.get(url + "/v1/trust", timeout=2).status_code == 200:
+            if httpx.get(url + "/livez", timeout=2).status_code == 200:
                 return
         except httpx.HTTPError:
             time.sleep(0.1)

@@ -21,7 +21,7 @@ from qward.client import seal_input, seal_model
 from qward.receipts.trust import TrustBundle
 from qward.tensors import tensors_from_json
 
-from conftest import _free_port, _wait_for, example_bytes
+from conftest import Served, _free_port, _wait_for, example_bytes
 
 PUBLIC_FLOW = textwrap.dedent("""
     import sys
@@ -105,13 +105,19 @@ def _private_seeds(state_dir: Path) -> list[bytes]:
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="reading another process's memory needs root")
 def test_public_server_memory_holds_no_key_and_no_plaintext_model(
-    public_server: tuple[subprocess.Popen[bytes], str, Path],
+    public_server: Served,
 ) -> None:
-    proc, url, state_dir = public_server
-    trust = TrustBundle.from_bytes(httpx.get(url + "/v1/trust").content)
+    proc, url, state_dir, auth = (
+        public_server.proc,
+        public_server.url,
+        public_server.state,
+        public_server.headers,
+    )
+    trust = TrustBundle.from_bytes(httpx.get(url + "/v1/trust", headers=auth).content)
     model = example_bytes("iris-mlp.onnx")
     registered = httpx.post(
         url + "/v1/models",
+        headers=auth,
         params={"name": "iris"},
         content=seal_model(model, trust=trust),
         timeout=60,
@@ -122,6 +128,7 @@ def test_public_server_memory_holds_no_key_and_no_plaintext_model(
     inputs, _ = tensors_from_json(example_bytes("iris-request.json"))
     ran = httpx.post(
         f"{url}/v1/models/{digest}/infer",
+        headers=auth,
         params={"seed": 5},
         content=seal_input(inputs, trust=trust),
         timeout=60,
@@ -167,10 +174,12 @@ def test_scan_finds_a_model_that_another_process_holds(tmp_path: Path) -> None:
 
 
 def test_bad_request_to_public_api_is_a_clear_error(
-    public_server: tuple[subprocess.Popen[bytes], str, Path],
+    public_server: Served,
 ) -> None:
-    _, url, _ = public_server
-    response = httpx.post(f"{url}/v1/models", params={"name": "x"}, content=b"not sealed")
+    url, auth = public_server.url, public_server.headers
+    response = httpx.post(
+        f"{url}/v1/models", params={"name": "x"}, content=b"not sealed", headers=auth
+    )
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "bad_format"
     assert "Traceback" not in response.text

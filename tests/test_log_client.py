@@ -14,13 +14,14 @@ from qward.receipts.receipt import ReceiptBundle
 from qward.receipts.trust import TrustBundle
 from qward.tlog.checkpoint import Checkpoint
 
-from conftest import example_bytes, iris_inputs
+from conftest import Served, example_bytes, iris_inputs
 
 
-def _run_once(url: str, trust: TrustBundle) -> bytes:
+def _run_once(url: str, trust: TrustBundle, auth: dict[str, str]) -> bytes:
     model = httpx.post(
         url + "/v1/models",
         params={"name": "iris"},
+        headers=auth,
         content=seal_model(example_bytes("iris-mlp.onnx"), trust=trust),
         timeout=60,
     ).json()["model_sha256"]
@@ -28,6 +29,7 @@ def _run_once(url: str, trust: TrustBundle) -> bytes:
     reply = httpx.post(
         f"{url}/v1/models/{model}/infer",
         params={"seed": seed},
+        headers=auth,
         content=seal_input(inputs, trust=trust),
         timeout=60,
     )
@@ -39,12 +41,12 @@ def _run_once(url: str, trust: TrustBundle) -> bytes:
     ).encode()
 
 
-def test_receipt_entry_is_proved_from_tiles(public_url: tuple[str, Path]) -> None:
-    url, _ = public_url
-    trust = TrustBundle.from_bytes(httpx.get(url + "/v1/trust").content)
-    with LogClient(url, trust=trust) as log:
+def test_receipt_entry_is_proved_from_tiles(public_url: Served) -> None:
+    url, auth = public_url.url, public_url.headers
+    trust = TrustBundle.from_bytes(httpx.get(url + "/v1/trust", headers=auth).content)
+    with LogClient(url, trust=trust, token=public_url.token) as log:
         first = log.checkpoint()
-        bundle = ReceiptBundle.from_bytes(_run_once(url, trust))
+        bundle = ReceiptBundle.from_bytes(_run_once(url, trust, auth))
         second = log.checkpoint()
         assert second.size > first.size
         log.verify_consistency(first, second)
@@ -59,10 +61,8 @@ def test_receipt_entry_is_proved_from_tiles(public_url: tuple[str, Path]) -> Non
             log.entry(second.size + 5, second)
 
 
-def test_checkpoint_under_other_keys_is_refused(
-    public_url: tuple[str, Path], tmp_path: Path
-) -> None:
-    url, _ = public_url
+def test_checkpoint_under_other_keys_is_refused(public_url: Served, tmp_path: Path) -> None:
+    url = public_url.url
     from qward.core_process import CoreProcess
 
     other = CoreProcess.start(tmp_path)
@@ -71,19 +71,22 @@ def test_checkpoint_under_other_keys_is_refused(
             foreign = connection.trust()
     finally:
         other.stop()
-    with LogClient(url, trust=foreign) as log, pytest.raises(SignatureError):
+    with (
+        LogClient(url, trust=foreign, token=public_url.token) as log,
+        pytest.raises(SignatureError),
+    ):
         log.checkpoint()
 
 
-def test_tile_endpoints_follow_the_spec(public_url: tuple[str, Path]) -> None:
-    url, _ = public_url
-    checkpoint = httpx.get(url + "/log/checkpoint")
+def test_tile_endpoints_follow_the_spec(public_url: Served) -> None:
+    url, auth = public_url.url, public_url.headers
+    checkpoint = httpx.get(url + "/log/checkpoint", headers=auth)
     assert checkpoint.headers["content-type"].startswith("text/plain")
     size = int(checkpoint.text.split("\n")[1])
     width = size % 256
-    tile = httpx.get(f"{url}/log/tile/0/000.p/{width}")
+    tile = httpx.get(f"{url}/log/tile/0/000.p/{width}", headers=auth)
     assert tile.status_code == 200 and len(tile.content) == 32 * width
     assert tile.headers["content-type"] == "application/octet-stream"
     assert "immutable" in tile.headers["cache-control"]
-    assert httpx.get(f"{url}/log/tile/0/000").status_code == 404
-    assert httpx.get(f"{url}/log/tile/0/0.p/1").status_code == 400
+    assert httpx.get(f"{url}/log/tile/0/000", headers=auth).status_code == 404
+    assert httpx.get(f"{url}/log/tile/0/0.p/1", headers=auth).status_code == 400

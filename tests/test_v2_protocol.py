@@ -17,21 +17,22 @@ import tritonclient.http.aio as triton_aio
 from qward.client import seal_model, verify
 from qward.receipts.trust import TrustBundle
 
-from conftest import example_bytes, iris_inputs
+from conftest import Served, example_bytes, iris_inputs, start_serve, stop_serve
 
 
 @pytest.fixture(scope="module")
-def served(public_url: tuple[str, Path]) -> tuple[str, TrustBundle]:
-    url, _ = public_url
-    trust = TrustBundle.from_bytes(httpx.get(url + "/v1/trust").content)
+def served(public_url: Served) -> tuple[str, TrustBundle, dict[str, str]]:
+    url, auth = public_url.url, public_url.headers
+    trust = TrustBundle.from_bytes(httpx.get(url + "/v1/trust", headers=auth).content)
     reply = httpx.post(
         url + "/v1/models",
+        headers=auth,
         params={"name": "iris"},
         content=seal_model(example_bytes("iris-mlp.onnx"), trust=trust),
         timeout=60,
     )
     assert reply.status_code == 200, reply.text
-    return url, trust
+    return url, trust, auth
 
 
 def _expected() -> list[np.ndarray]:
@@ -53,16 +54,21 @@ def _request(binary: bool) -> tuple[list[triton.InferInput], list[triton.InferRe
 
 
 @pytest.mark.parametrize("binary", [True, False])
-def test_tritonclient_sync(served: tuple[str, TrustBundle], binary: bool) -> None:
-    url, trust = served
+def test_tritonclient_sync(served: tuple[str, TrustBundle, dict[str, str]], binary: bool) -> None:
+    url, trust, auth = served
     client = triton.InferenceServerClient(url.removeprefix("http://"))
     assert client.is_server_live() and client.is_server_ready()
-    assert client.is_model_ready("iris")
-    metadata = client.get_model_metadata("iris")
+    assert client.is_model_ready("iris", headers=dict(auth))
+    metadata = client.get_model_metadata("iris", headers=dict(auth))
     assert [i["name"] for i in metadata["inputs"]] == ["X"]
     inputs, outputs = _request(binary)
     result = client.infer(
-        "iris", inputs, outputs=outputs, parameters={"seed": 42}, request_id="req-1"
+        "iris",
+        inputs,
+        outputs=outputs,
+        parameters={"seed": 42},
+        request_id="req-1",
+        headers=dict(auth),
     )
     labels, probabilities = _expected()
     assert result.as_numpy("label").tolist() == labels.tolist()
@@ -76,8 +82,8 @@ def test_tritonclient_sync(served: tuple[str, TrustBundle], binary: bool) -> Non
     client.close()
 
 
-def test_tritonclient_async(served: tuple[str, TrustBundle]) -> None:
-    url, _ = served
+def test_tritonclient_async(served: tuple[str, TrustBundle, dict[str, str]]) -> None:
+    url, _, auth = served
 
     async def go() -> list[list[int]]:
         client = triton_aio.InferenceServerClient(url.removeprefix("http://"))
@@ -85,7 +91,9 @@ def test_tritonclient_async(served: tuple[str, TrustBundle]) -> None:
             inputs, _ = iris_inputs()
             x = triton_aio.InferInput("X", [3, 4], "FP32")
             x.set_data_from_numpy(inputs[0].to_numpy())
-            results = await asyncio.gather(*(client.infer("iris", [x]) for _ in range(3)))
+            results = await asyncio.gather(
+                *(client.infer("iris", [x], headers=dict(auth)) for _ in range(3))
+            )
             return [r.as_numpy("label").tolist() for r in results]
         finally:
             await client.close()
@@ -93,18 +101,18 @@ def test_tritonclient_async(served: tuple[str, TrustBundle]) -> None:
     assert asyncio.run(go()) == [_expected()[0].tolist()] * 3
 
 
-def test_gzip_body_and_unknown_model(served: tuple[str, TrustBundle]) -> None:
-    url, _ = served
+def test_gzip_body_and_unknown_model(served: tuple[str, TrustBundle, dict[str, str]]) -> None:
+    url, _, auth = served
     request = json.loads(example_bytes("iris-request.json"))
     reply = httpx.post(
         f"{url}/v2/models/iris/infer",
         content=gzip.compress(json.dumps(request).encode()),
-        headers={"Content-Encoding": "gzip"},
+        headers={"Content-Encoding": "gzip", **auth},
         timeout=60,
     )
     assert reply.status_code == 200, reply.text
     assert reply.json()["outputs"][0]["data"] == [0, 1, 2]
-    missing = httpx.post(f"{url}/v2/models/nope/infer", json=request)
+    missing = httpx.post(f"{url}/v2/models/nope/infer", json=request, headers=auth)
     assert missing.status_code == 404
     assert "nope" in missing.json()["error"]
 
@@ -123,10 +131,13 @@ def test_gzip_body_and_unknown_model(served: tuple[str, TrustBundle]) -> None:
     ],
 )
 def test_bad_requests_are_400_with_a_reason(
-    served: tuple[str, TrustBundle], body: bytes, headers: dict[str, str], message: str
+    served: tuple[str, TrustBundle, dict[str, str]],
+    body: bytes,
+    headers: dict[str, str],
+    message: str,
 ) -> None:
-    url, _ = served
-    reply = httpx.post(f"{url}/v2/models/iris/infer", content=body, headers=headers)
+    url, _, auth = served
+    reply = httpx.post(f"{url}/v2/models/iris/infer", content=body, headers={**headers, **auth})
     assert reply.status_code == 400
     assert message in reply.json()["error"]
 
@@ -134,8 +145,6 @@ def test_bad_requests_are_400_with_a_reason(
 def test_model_repository_load_unload(tmp_path: Path) -> None:
     """`qward serve --model-repository` loads sealed models; unload and load work per V2."""
     from qward.core_process import CoreProcess
-
-    from conftest import _free_port, _wait_for
 
     state = tmp_path / "state"
     core = CoreProcess.start(state)  # creates the keys so the repository can be sealed to them
@@ -147,45 +156,26 @@ def test_model_repository_load_unload(tmp_path: Path) -> None:
     (repository / "iris" / "model.sealed").write_bytes(
         seal_model(example_bytes("iris-mlp.onnx"), trust=trust)
     )
-    port = _free_port()
-    import subprocess
-    import sys
-
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "qward",
-            "serve",
-            "--state-dir",
-            str(state),
-            "--port",
-            str(port),
-            "--model-repository",
-            str(repository),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
+    served = start_serve(state, "--model-repository", str(repository))
+    auth = served.headers
     try:
-        _wait_for(url, proc)
-        client = triton.InferenceServerClient(url.removeprefix("http://"))
-        assert client.get_model_repository_index() == [
+        client = triton.InferenceServerClient(served.url.removeprefix("http://"))
+        assert client.get_model_repository_index(headers=dict(auth)) == [
             {"name": "iris", "version": "1", "state": "READY"}
         ]
         inputs, outputs = _request(True)
-        assert client.infer("iris", inputs, outputs=outputs).as_numpy("label").tolist() == [0, 1, 2]
-        client.unload_model("iris")
-        assert not client.is_model_ready("iris")
+        labels = client.infer("iris", inputs, outputs=outputs, headers=dict(auth)).as_numpy("label")
+        assert labels.tolist() == [0, 1, 2]
+        client.unload_model("iris", headers=dict(auth))
+        assert not client.is_model_ready("iris", headers=dict(auth))
         with pytest.raises(Exception, match="unloaded"):
-            client.infer("iris", inputs, outputs=outputs)
-        client.load_model("iris")
-        assert client.is_model_ready("iris")
-        assert client.infer("iris", inputs, outputs=outputs).as_numpy("label").tolist() == [0, 1, 2]
-        bad = httpx.post(f"{url}/v2/repository/models/..%2Fetc/load")
+            client.infer("iris", inputs, outputs=outputs, headers=dict(auth))
+        client.load_model("iris", headers=dict(auth))
+        assert client.is_model_ready("iris", headers=dict(auth))
+        labels = client.infer("iris", inputs, outputs=outputs, headers=dict(auth)).as_numpy("label")
+        assert labels.tolist() == [0, 1, 2]
+        bad = httpx.post(f"{served.url}/v2/repository/models/..%2Fetc/load", headers=auth)
         assert bad.status_code in (400, 404)
         client.close()
     finally:
-        proc.terminate()
-        proc.wait(30)
+        stop_serve(served)

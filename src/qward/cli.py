@@ -18,6 +18,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from qward.auth import TOKEN_FILE, TokenStore
 from qward.client import Client, VerifiedRun, seal_model
 from qward.core_process import CoreProcess, core_session
 from qward.encoding import read_limited
@@ -44,6 +45,8 @@ app = typer.Typer(
 )
 log_app = typer.Typer(no_args_is_help=True, help="Transparency log tools.")
 app.add_typer(log_app, name="log")
+token_app = typer.Typer(no_args_is_help=True, help="API tokens for qward serve.")
+app.add_typer(token_app, name="token")
 console = Console()
 err_console = Console(stderr=True)
 
@@ -231,6 +234,30 @@ def _log_verify(state_dir: StateDir = _DEFAULT_STATE) -> None:
     )
 
 
+@token_app.command("create")
+def _token_create(
+    role: Annotated[str, typer.Option(help="client, auditor or admin.")],
+    model: Annotated[
+        list[str] | None, typer.Option(help="Model a client may use (repeat).")
+    ] = None,
+    state_dir: StateDir = _DEFAULT_STATE,
+) -> None:
+    """Create an API token; it is printed once and only its SHA-256 is stored."""
+    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    token, principal = TokenStore(state_dir / TOKEN_FILE).create(
+        role=role, models=tuple(model or ())
+    )
+    with core_session(state_dir) as core_client:
+        core_client.record_admin(
+            "token-created", token_id=principal.token_id, role=role, models=list(principal.models)
+        )
+    err_console.print(
+        f"token {principal.token_id} ({role}, models: {', '.join(principal.models)})"
+        " — shown once, store it now:"
+    )
+    print(token)
+
+
 @app.command("serve")
 def _serve(
     state_dir: StateDir = _DEFAULT_STATE,
@@ -239,6 +266,12 @@ def _serve(
     model_repository: Annotated[
         Path | None, typer.Option(help="Directory of sealed models: <name>/model.sealed.")
     ] = None,
+    allow_model_upload: Annotated[
+        bool, typer.Option(help="Let admins upload sealed models with POST /v1/models.")
+    ] = False,
+    unsafe_no_auth: Annotated[
+        bool, typer.Option(help="UNSAFE: serve without token authentication.")
+    ] = False,
 ) -> None:
     """Start the protected core and the public HTTP API in front of it."""
     import uvicorn
@@ -247,7 +280,12 @@ def _serve(
 
     core = CoreProcess.start(state_dir)
     try:
-        app = create_app(state_dir, model_repository=model_repository)
+        app = create_app(
+            state_dir,
+            model_repository=model_repository,
+            allow_model_upload=allow_model_upload,
+            unsafe_no_auth=unsafe_no_auth,
+        )
         uvicorn.run(app, host=host, port=port, log_level="info")
     finally:
         core.stop()

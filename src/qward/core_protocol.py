@@ -92,6 +92,9 @@ class CoreInterface(Protocol):
     def checkpoint(self) -> bytes: ...
     def models(self) -> list[dict[str, Any]]: ...
     def unload_model(self, model_sha256: str) -> None: ...
+    def record_access(
+        self, *, token_id: str | None, role: str | None, method: str, path: str, decision: str
+    ) -> None: ...
     def tile(self, path: str) -> bytes: ...
     def inclusion_proof(self, index: int, size: int) -> tuple[bytes, ...]: ...
     def consistency_proof(self, old_size: int, new_size: int) -> tuple[bytes, ...]: ...
@@ -207,6 +210,25 @@ class CoreClient:
     def unload_model(self, model_sha256: str) -> None:
         """Stop a model's worker; it stays registered but refuses runs until loaded again."""
         self.call({"op": "unload_model", "model_sha256": model_sha256})
+
+    def record_access(
+        self, *, token_id: str | None, role: str | None, method: str, path: str, decision: str
+    ) -> None:
+        """Log a public API call and its access decision (raises if the log refuses it)."""
+        self.call(
+            {
+                "op": "record_access",
+                "token_id": token_id,
+                "role": role,
+                "method": method,
+                "path": path,
+                "decision": decision,
+            }
+        )
+
+    def record_admin(self, action: str, **details: Any) -> None:
+        """Log an administrative action taken by a public tool (e.g. creating a token)."""
+        self.call({"op": "record_admin", "action": action, "details": details})
 
     def checkpoint(self) -> bytes:
         """The latest signed checkpoint."""

@@ -16,6 +16,8 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from qward import __version__
+from qward.access import AccessControl
+from qward.auth import TOKEN_FILE, TokenStore
 from qward.core_process import socket_path
 from qward.core_protocol import CoreClient
 from qward.encoding import b64encode, parse_canonical_json
@@ -30,6 +32,7 @@ from qward.errors import (
     UnknownKeyError,
     VerificationError,
 )
+from qward.observability import Metrics, MetricsMiddleware, health_router
 from qward.tensors import tensors_to_json
 from qward.v2 import ModelRepository, v2_router
 
@@ -58,11 +61,31 @@ async def _body(request: Request, limit: int = _MAX_BODY) -> bytes:
     return b"".join(chunks)
 
 
-def create_app(state_dir: Path, *, model_repository: Path | None = None) -> FastAPI:
-    """The public API in front of the core listening in ``state_dir``; models in
-    ``model_repository`` (sealed) are loaded at start."""
+def create_app(
+    state_dir: Path,
+    *,
+    model_repository: Path | None = None,
+    allow_model_upload: bool = False,
+    unsafe_no_auth: bool = False,
+) -> FastAPI:
+    """The public API in front of the core listening in ``state_dir``.
+
+    Token authentication is on unless ``unsafe_no_auth`` (for tests and local experiments only);
+    tokens live in ``<state_dir>/tokens.json``. Sealed models in ``model_repository`` are loaded
+    at start; uploads through ``POST /v1/models`` are refused unless ``allow_model_upload``.
+    """
     app = FastAPI(title="qward", version=__version__)
     core = CoreClient(socket_path(state_dir))
+    metrics = Metrics()
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    if not unsafe_no_auth:
+        app.add_middleware(
+            AccessControl,
+            tokens=TokenStore(state_dir / TOKEN_FILE),
+            core=core,
+            allow_model_upload=allow_model_upload,
+        )
+    app.include_router(health_router(core, metrics))
     repository = ModelRepository(model_repository) if model_repository else None
     if repository is not None:
         repository.load_all(core)

@@ -23,7 +23,13 @@ from qward.protected.auditor import Auditor
 from qward.protected.keystore import CoreKeys
 from qward.protected.models import MAX_MODEL_BYTES, ModelEntry, ModelRegistry
 from qward.protected.opening import open_sealed
-from qward.receipts.entries import admin_entry, key_use_entry, receipt_entry, replay_entry
+from qward.receipts.entries import (
+    access_entry,
+    admin_entry,
+    key_use_entry,
+    receipt_entry,
+    replay_entry,
+)
 from qward.receipts.receipt import RECEIPT_FORMAT, SIGNING_CONTEXT, ReceiptBundle
 from qward.receipts.trust import TrustBundle
 from qward.receipts.verify import Verifier
@@ -36,6 +42,8 @@ INPUT_CONTENT_TYPE = "application/vnd.qward.tensors"
 MAX_INPUT_BYTES = 64 * 1024 * 1024
 _MAX_SEED = 2**63 - 1
 _MAX_PARAMETERS_BYTES = 16 * 1024
+# Admin actions performed by public tools (the token file lives beside the public server).
+_PUBLIC_ADMIN_ACTIONS = frozenset({"token-created"})
 
 Reply = tuple[dict[str, Any], bytes]
 
@@ -282,6 +290,34 @@ class CoreService:
         self.log_admin("model-unloaded", model_sha256=entry.model_sha256, name=entry.name)
         return {"ok": True}, b""
 
+    def op_record_access(self, header: dict[str, Any], payload: bytes) -> Reply:
+        token_id, role = header.get("token_id"), header.get("role")
+        method, path, decision = header.get("method"), header.get("path"), header.get("decision")
+        if not all(isinstance(v, str) for v in (method, path, decision)) or not all(
+            v is None or isinstance(v, str) for v in (token_id, role)
+        ):
+            raise InputError("access record fields must be strings")
+        self._auditor.record(
+            [
+                access_entry(
+                    token_id=token_id,
+                    role=role,
+                    method=str(method),
+                    path=str(path),
+                    decision=str(decision),
+                    at=self._now(),
+                )
+            ]
+        )
+        return {"ok": True}, b""
+
+    def op_record_admin(self, header: dict[str, Any], payload: bytes) -> Reply:
+        action, details = header.get("action"), header.get("details")
+        if action not in _PUBLIC_ADMIN_ACTIONS or not isinstance(details, dict):
+            raise InputError(f"admin action {action!r} cannot be recorded from the public side")
+        self.log_admin(str(action), **details)
+        return {"ok": True}, b""
+
     def op_models(self, header: dict[str, Any], payload: bytes) -> Reply:
         models = []
         for entry in self._models.entries():
@@ -354,6 +390,8 @@ _OPS: dict[str, Callable[[CoreService, dict[str, Any], bytes], Reply]] = {
     "checkpoint": CoreService.op_checkpoint,
     "models": CoreService.op_models,
     "unload_model": CoreService.op_unload_model,
+    "record_access": CoreService.op_record_access,
+    "record_admin": CoreService.op_record_admin,
     "tile": CoreService.op_tile,
     "inclusion_proof": CoreService.op_inclusion_proof,
     "consistency_proof": CoreService.op_consistency_proof,

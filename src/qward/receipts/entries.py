@@ -8,10 +8,12 @@ from qward.crypto.signatures import HybridSignature
 from qward.encoding import canonical_json
 
 __all__ = [
+    "ACCESS_ENTRY",
     "ADMIN_ENTRY",
     "KEY_USE_ENTRY",
     "RECEIPT_ENTRY",
     "REPLAY_ENTRY",
+    "access_entry",
     "admin_entry",
     "key_use_entry",
     "receipt_entry",
@@ -22,6 +24,7 @@ RECEIPT_ENTRY = "qward/receipt/v1"
 KEY_USE_ENTRY = "qward/key-use/v1"
 ADMIN_ENTRY = "qward/admin/v1"
 REPLAY_ENTRY = "qward/replay/v1"
+ACCESS_ENTRY = "qward/access/v1"
 
 
 def receipt_entry(body: dict[str, Any], signature: HybridSignature) -> bytes:
@@ -61,6 +64,23 @@ def replay_entry(
             "request_id": request_id,
             "verdict": verdict,
             "output_sha256": output_sha256,
+            "at": at,
+        }
+    )
+
+
+def access_entry(
+    *, token_id: str | None, role: str | None, method: str, path: str, decision: str, at: str
+) -> bytes:
+    """A call to the public API and the access decision, logged before the call runs."""
+    return canonical_json(
+        {
+            "type": ACCESS_ENTRY,
+            "token_id": token_id,
+            "role": role,
+            "method": method,
+            "path": path[:512],
+            "decision": decision,
             "at": at,
         }
     )
