@@ -31,12 +31,17 @@ class LogClient:
     """Verifying reader of a qward transparency log."""
 
     def __init__(
-        self, base_url: str, *, trust: TrustBundle, token: str | None = None,
+        self,
+        base_url: str,
+        *,
+        trust: TrustBundle,
+        token: str | None = None,
         timeout: float = 30.0,
     ) -> None:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self._http = httpx.Client(base_url=base_url.rstrip("/") + "/log/", timeout=timeout,
-                                  headers=headers)
+        self._http = httpx.Client(
+            base_url=base_url.rstrip("/") + "/log/", timeout=timeout, headers=headers
+        )
         self._trust = trust
 
     def close(self) -> None:

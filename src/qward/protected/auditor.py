@@ -6,6 +6,7 @@ import threading
 from collections.abc import Sequence
 
 from qward.errors import AuditError, NotFoundError
+from qward.protected.tracing import tracer
 from qward.tlog.checkpoint import Checkpoint
 from qward.tlog.layout import (
     TILE_WIDTH,
@@ -43,7 +44,12 @@ class Auditor:
 
     def record(self, entries: Sequence[bytes]) -> list[int]:
         """Durably sequence ``entries``; raise ``AuditError`` if that is not certain."""
-        with self._lock:
+        with (
+            self._lock,
+            tracer().start_as_current_span(
+                "qward.log.append", attributes={"qward.entries": len(entries)}
+            ),
+        ):
             try:
                 return self._store.sequence(entries)
             except AuditError:
@@ -55,7 +61,7 @@ class Auditor:
 
     def commit(self) -> tuple[bytes, Checkpoint]:
         """Integrate and publish; returns the signed checkpoint note and its parsed body."""
-        with self._lock:
+        with self._lock, tracer().start_as_current_span("qward.log.publish"):
             try:
                 self._store.integrate()
                 note = self._store.publish(origin=self._origin, signers=self._signers)

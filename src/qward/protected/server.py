@@ -26,6 +26,7 @@ from qward.protected.auditor import Auditor
 from qward.protected.keystore import PASSPHRASE_ENV, create_keystore, load_keystore
 from qward.protected.models import ModelRegistry
 from qward.protected.service import CoreService
+from qward.protected.tracing import setup_tracing
 from qward.tlog.store import SQLiteLogStore
 
 __all__ = ["build_service", "main"]
@@ -116,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.exit_with_parent:
         _exit_with_parent()
     state_dir: Path = args.state_dir
+    setup_tracing()
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     try:
         service = build_service(state_dir)

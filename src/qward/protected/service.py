@@ -23,6 +23,7 @@ from qward.protected.auditor import Auditor
 from qward.protected.keystore import CoreKeys
 from qward.protected.models import MAX_MODEL_BYTES, ModelEntry, ModelRegistry
 from qward.protected.opening import open_sealed
+from qward.protected.tracing import tracer
 from qward.receipts.entries import (
     access_entry,
     admin_entry,
@@ -106,9 +107,18 @@ class CoreService:
                 )
             ]
         )
-        return open_sealed(
-            blob, keys=self._keys.hpke, limit=limit, expected_content_type=content_type
-        )
+        with tracer().start_as_current_span(
+            "qward.decrypt",
+            attributes={
+                "qward.purpose": purpose,
+                "qward.request_id": request_id,
+                "qward.key_id": artifact.key_id,
+                "qward.sealed_bytes": len(blob),
+            },
+        ):
+            return open_sealed(
+                blob, keys=self._keys.hpke, limit=limit, expected_content_type=content_type
+            )
 
     def _worker_for(self, entry: ModelEntry, request_id: str) -> Any:
         return self._models.worker(
@@ -168,7 +178,15 @@ class CoreService:
             )
         )
         worker = self._worker_for(entry, request_id)
-        return worker, inputs, worker.run(inputs, seed=seed)
+        with tracer().start_as_current_span(
+            "qward.run",
+            attributes={
+                "qward.model_sha256": entry.model_sha256,
+                "qward.request_id": request_id,
+                "qward.seed": seed,
+            },
+        ):
+            return worker, inputs, worker.run(inputs, seed=seed)
 
     def op_run(self, header: dict[str, Any], payload: bytes) -> Reply:
         entry = self._models.get(str(header.get("model_sha256")))
@@ -187,7 +205,17 @@ class CoreService:
             parameters=parameters,
             request_id=request_id,
         )
-        signature = self._keys.receipt_signer.sign(canonical_json(body), context=SIGNING_CONTEXT)
+        with tracer().start_as_current_span(
+            "qward.sign",
+            attributes={
+                "qward.suite": self._keys.receipt_signer.public_key.suite,
+                "qward.key_id": self._keys.receipt_signer.key_id,
+                "qward.request_id": request_id,
+            },
+        ):
+            signature = self._keys.receipt_signer.sign(
+                canonical_json(body), context=SIGNING_CONTEXT
+            )
         (index,) = self._auditor.record([receipt_entry(body, signature)])
         note, checkpoint = self._auditor.commit()
         bundle = ReceiptBundle(
@@ -352,7 +380,8 @@ class CoreService:
         handler = _OPS.get(str(header.get("op")))
         if handler is None:
             raise InputError(f"unknown core operation {header.get('op')!r}")
-        return handler(self, header, payload)
+        with tracer().start_as_current_span(f"qward.core.{header['op']}"):
+            return handler(self, header, payload)
 
     def close(self) -> None:
         """Stop workers and record the stop."""
