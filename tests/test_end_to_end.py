@@ -237,3 +237,11 @@ def test_client_rejects_replay_outputs_that_differ(sdk: Client, receipt: bytes) 
     lying = Client(_LyingCore(sdk), trust=sdk.trust)  # type: ignore[arg-type]
     with pytest.raises(ReplayMismatchError):
         lying.replay(receipt, inputs)
+
+
+def test_one_model_has_one_name(sdk: Client, iris: ModelInfo) -> None:
+    with pytest.raises(InputError, match="already registered as 'iris-mlp'"):
+        sdk.register(example_bytes("iris-mlp.onnx"), name="another-name")
+    assert sdk.register(example_bytes("iris-mlp.onnx"), name="iris-mlp").model_sha256 == (
+        iris.model_sha256
+    )

@@ -7,6 +7,7 @@ traceback.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 from importlib import resources
@@ -16,6 +17,7 @@ from typing import Annotated, Any
 import numpy as np
 import typer
 from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 from rich.table import Table
 
 from qward.auth import TOKEN_FILE, TokenStore
@@ -30,6 +32,7 @@ from qward.errors import (
     RuntimeFailure,
     VerificationError,
 )
+from qward.http_client import HTTPClient
 from qward.receipts.receipt import MAX_RECEIPT_BYTES
 from qward.receipts.trust import TrustBundle
 from qward.receipts.verify import Verifier
@@ -154,8 +157,10 @@ def _run(
         raise InputError("parameters.seed must be an integer")
     with core_session(state_dir) as core_client:
         sdk = Client(core_client, trust=_trust(state_dir, None))
-        info = sdk.register(model_bytes, name=model.name)
-        result = sdk.run(info.model_sha256, inputs, seed=seed, parameters=params)
+        digest = hashlib.sha256(model_bytes).hexdigest()
+        if not any(m["model_sha256"] == digest for m in core_client.models()):
+            sdk.register(model_bytes, name=model.stem)
+        result = sdk.run(digest, inputs, seed=seed, parameters=params)
     receipt_out.write_bytes(result.receipt)
     console.print_json(
         json.dumps(
@@ -256,6 +261,36 @@ def _token_create(
         " — shown once, store it now:"
     )
     print(token)
+
+
+@app.command("upload")
+def _upload(
+    model: Annotated[Path, typer.Argument(help="Plaintext ONNX model; sealed before it leaves.")],
+    name: Annotated[str, typer.Option(help="Name to register the model under.")],
+    url: Annotated[str, typer.Option(help="Base URL of qward serve.")] = "http://127.0.0.1:8000",
+    trust_file: Annotated[Path | None, typer.Option("--trust", help="Pinned trust bundle.")] = None,
+    token: Annotated[
+        str, typer.Option(envvar="QWARD_TOKEN", help="Admin token (env QWARD_TOKEN).")
+    ] = "",
+    state_dir: StateDir = _DEFAULT_STATE,
+) -> None:
+    """Seal a model locally and upload it to a remote qward serve, with a progress bar."""
+    data = read_limited(str(model), limit=MAX_MODEL_FILE, what="model")
+    trust = _trust(state_dir, trust_file)
+    with (
+        HTTPClient(url, token=token, trust=trust) as client,
+        Progress(
+            TextColumn("uploading {task.description}"),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            console=err_console,
+        ) as progress,
+    ):
+        task = progress.add_task(model.name, total=len(data) + 65536)
+        digest = client.upload_model(data, name=name, progress=lambda n: progress.advance(task, n))
+        progress.update(task, completed=progress.tasks[task].total)
+    console.print(f"registered {name}: model sha256 {digest}")
 
 
 @app.command("serve")

@@ -59,6 +59,11 @@ class ModelRegistry:
         with self._lock:
             existing = self._models.get(model_sha256)
             if existing is not None:
+                if existing.name != name:
+                    raise InputError(
+                        f"this model is already registered as {existing.name!r}; "
+                        "one model has one name"
+                    )
                 existing.unloaded = False
                 return existing
             sealed_sha = hashlib.sha256(sealed).hexdigest()

@@ -1,0 +1,231 @@
+"""HTTP SDK for a remote ``qward serve``, sync and async, verifying every receipt it receives.
+
+Inputs go out as V2 binary tensors; the response's receipt is verified offline against the pinned
+trust bundle, and its model, input and output digests are checked against what was asked and what
+came back, before any output is handed to the caller.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from qward.client import seal_model
+from qward.errors import (
+    CoreUnavailableError,
+    InputError,
+    NotFoundError,
+    QwardError,
+    VerificationError,
+)
+from qward.receipts.trust import TrustBundle
+from qward.receipts.verify import VerifiedReceipt, Verifier
+from qward.tensors import Tensor, tensors_digest
+
+__all__ = ["AsyncHTTPClient", "HTTPClient", "VerifiedInference"]
+
+_UPLOAD_CHUNK = 256 * 1024
+
+
+@dataclass(frozen=True, kw_only=True)
+class VerifiedInference:
+    """Outputs whose receipt verified and whose digests match the request and the response."""
+
+    outputs: tuple[Tensor, ...]
+    receipt: bytes
+    verified: VerifiedReceipt
+
+
+def _infer_request(
+    inputs: Sequence[Tensor], seed: int, parameters: dict[str, Any] | None
+) -> tuple[bytes, dict[str, str]]:
+    doc = {
+        "inputs": [
+            {
+                "name": t.name,
+                "datatype": t.datatype,
+                "shape": list(t.shape),
+                "parameters": {"binary_data_size": len(t.data)},
+            }
+            for t in inputs
+        ],
+        "parameters": {**(parameters or {}), "seed": seed, "binary_data_output": True},
+    }
+    head = json.dumps(doc).encode()
+    return head + b"".join(t.data for t in inputs), {
+        "Inference-Header-Content-Length": str(len(head)),
+        "Content-Type": "application/octet-stream",
+    }
+
+
+def _raise_for(response: httpx.Response) -> None:
+    if response.status_code == 200:
+        return
+    try:
+        message = response.json().get("error", response.text)
+    except ValueError:
+        message = response.text
+    text = message if isinstance(message, str) else json.dumps(message)
+    if response.status_code == 404:
+        raise NotFoundError(text)
+    if response.status_code in (400, 413, 422):
+        raise InputError(text)
+    if response.status_code in (401, 403):
+        raise QwardError(f"not authorised: {text}")
+    raise CoreUnavailableError(f"server answered {response.status_code}: {text}")
+
+
+def _parse_response(response: httpx.Response) -> tuple[dict[str, Any], tuple[Tensor, ...]]:
+    _raise_for(response)
+    length = response.headers.get("inference-header-content-length")
+    body = response.content
+    head, binary = (body[: int(length)], body[int(length) :]) if length else (body, b"")
+    doc = json.loads(head)
+    outputs, offset = [], 0
+    for item in doc["outputs"]:
+        size = (item.get("parameters") or {}).get("binary_data_size")
+        if size is None:
+            raise VerificationError("server returned JSON outputs although binary was requested")
+        outputs.append(
+            Tensor(
+                name=item["name"],
+                datatype=item["datatype"],
+                shape=tuple(item["shape"]),
+                data=binary[offset : offset + size],
+            )
+        )
+        offset += size
+    return doc, tuple(outputs)
+
+
+def _check(
+    verifier: Verifier,
+    doc: dict[str, Any],
+    model_sha256: str,
+    inputs: Sequence[Tensor],
+    outputs: tuple[Tensor, ...],
+    seed: int,
+) -> VerifiedInference:
+    receipt = str(doc["parameters"]["qward_receipt"]).encode("utf-8")
+    verified = verifier.verify(receipt)
+    body = verified.body
+    expected = {
+        "model": model_sha256,
+        "input": tensors_digest(inputs),
+        "output": tensors_digest(outputs),
+    }
+    for section, digest in expected.items():
+        if body[section]["sha256"] != digest:
+            raise VerificationError(f"the receipt's {section} digest does not match this inference")
+    if body["seed"] != seed:
+        raise VerificationError("the receipt records a different seed")
+    return VerifiedInference(outputs=outputs, receipt=receipt, verified=verified)
+
+
+def _chunks(data: bytes, progress: Callable[[int], None] | None) -> Iterator[bytes]:
+    for start in range(0, len(data), _UPLOAD_CHUNK):
+        chunk = data[start : start + _UPLOAD_CHUNK]
+        yield chunk
+        if progress is not None:
+            progress(len(chunk))
+
+
+class HTTPClient:
+    """Synchronous SDK over ``qward serve``."""
+
+    def __init__(self, url: str, *, token: str, trust: TrustBundle, timeout: float = 60.0) -> None:
+        self._http = httpx.Client(
+            base_url=url, timeout=timeout, headers={"Authorization": f"Bearer {token}"}
+        )
+        self.trust = trust
+        self._verifier = Verifier(trust=trust)
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self._http.close()
+
+    def __enter__(self) -> HTTPClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def model_sha256(self, model: str) -> str:
+        """The digest the server reports for ``model``."""
+        response = self._http.get(f"/v2/models/{model}")
+        _raise_for(response)
+        return str(response.json()["parameters"]["qward_model_sha256"])
+
+    def infer(
+        self,
+        model: str,
+        inputs: Sequence[Tensor],
+        *,
+        seed: int = 0,
+        parameters: dict[str, Any] | None = None,
+    ) -> VerifiedInference:
+        """Run ``model``; returns outputs only after the receipt and digests verify."""
+        digest = self.model_sha256(model)
+        body, headers = _infer_request(inputs, seed, parameters)
+        doc, outputs = _parse_response(
+            self._http.post(f"/v2/models/{model}/infer", content=body, headers=headers)
+        )
+        return _check(self._verifier, doc, digest, inputs, outputs, seed)
+
+    def upload_model(
+        self, model: bytes, *, name: str, progress: Callable[[int], None] | None = None
+    ) -> str:
+        """Seal ``model`` locally and upload it (needs an admin token and an upload-enabled
+        server); returns its digest. ``progress`` is called with each uploaded byte count."""
+        sealed = seal_model(model, trust=self.trust)
+        response = self._http.post(
+            "/v1/models", params={"name": name}, content=_chunks(sealed, progress)
+        )
+        _raise_for(response)
+        return str(response.json()["model_sha256"])
+
+
+class AsyncHTTPClient:
+    """Asynchronous SDK over ``qward serve``, same checks as ``HTTPClient``."""
+
+    def __init__(self, url: str, *, token: str, trust: TrustBundle, timeout: float = 60.0) -> None:
+        self._http = httpx.AsyncClient(
+            base_url=url, timeout=timeout, headers={"Authorization": f"Bearer {token}"}
+        )
+        self.trust = trust
+        self._verifier = Verifier(trust=trust)
+
+    async def aclose(self) -> None:
+        """Close the connection pool."""
+        await self._http.aclose()
+
+    async def __aenter__(self) -> AsyncHTTPClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def model_sha256(self, model: str) -> str:
+        """The digest the server reports for ``model``."""
+        response = await self._http.get(f"/v2/models/{model}")
+        _raise_for(response)
+        return str(response.json()["parameters"]["qward_model_sha256"])
+
+    async def infer(
+        self,
+        model: str,
+        inputs: Sequence[Tensor],
+        *,
+        seed: int = 0,
+        parameters: dict[str, Any] | None = None,
+    ) -> VerifiedInference:
+        """Run ``model``; returns outputs only after the receipt and digests verify."""
+        digest = await self.model_sha256(model)
+        body, headers = _infer_request(inputs, seed, parameters)
+        response = await self._http.post(f"/v2/models/{model}/infer", content=body, headers=headers)
+        doc, outputs = _parse_response(response)
+        return _check(self._verifier, doc, digest, inputs, outputs, seed)
