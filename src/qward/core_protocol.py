@@ -115,51 +115,55 @@ def _hashes(values: Any) -> tuple[bytes, ...]:
 
 
 class CoreClient:
-    """``CoreInterface`` over the core's Unix socket (one connection, requests serialised)."""
+    """``CoreInterface`` over the core's Unix socket.
+
+    Connections are pooled: concurrent callers (the HTTP server's threads) each borrow one, so
+    requests for different models run in parallel in the core; each connection carries one
+    request at a time.
+    """
 
     def __init__(self, socket_path: Path, *, timeout: float = 120.0) -> None:
         self._path = socket_path
         self._timeout = timeout
         self._lock = threading.Lock()
-        self._sock: socket.socket | None = None
+        self._idle: list[socket.socket] = []
 
     def _connect(self) -> socket.socket:
-        if self._sock is None:
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            sock.settimeout(self._timeout)
-            try:
-                sock.connect(str(self._path))
-            except OSError as exc:
-                sock.close()
-                raise CoreUnavailableError(
-                    f"cannot reach the protected core at {self._path}: {exc.strerror}"
-                ) from None
-            self._sock = sock
-        return self._sock
+        with self._lock:
+            if self._idle:
+                return self._idle.pop()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self._timeout)
+        try:
+            sock.connect(str(self._path))
+        except OSError as exc:
+            sock.close()
+            raise CoreUnavailableError(
+                f"cannot reach the protected core at {self._path}: {exc.strerror}"
+            ) from None
+        return sock
 
     def call(self, header: dict[str, Any], payload: bytes = b"") -> tuple[dict[str, Any], bytes]:
         """Send one request and return the reply; a reported error is raised."""
+        sock = self._connect()
+        try:
+            send_frame(sock, header, payload)
+            reply, body = recv_frame(sock, max_payload=MAX_FRAME_PAYLOAD)
+        except (OSError, EOFError) as exc:
+            sock.close()
+            raise CoreUnavailableError(f"the protected core connection failed: {exc}") from None
         with self._lock:
-            sock = self._connect()
-            try:
-                send_frame(sock, header, payload)
-                reply, body = recv_frame(sock, max_payload=MAX_FRAME_PAYLOAD)
-            except (OSError, EOFError) as exc:
-                self.close_unlocked()
-                raise CoreUnavailableError(f"the protected core connection failed: {exc}") from None
+            self._idle.append(sock)
         if not reply.get("ok"):
             raise error_from_reply(reply)
         return reply, body
 
-    def close_unlocked(self) -> None:
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
-
     def close(self) -> None:
-        """Close the connection."""
+        """Close every pooled connection."""
         with self._lock:
-            self.close_unlocked()
+            idle, self._idle = self._idle, []
+        for sock in idle:
+            sock.close()
 
     def __enter__(self) -> CoreClient:
         return self
