@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -221,8 +222,10 @@ class _LyingCore:
     def __init__(self, real: Client) -> None:
         self._real = real
 
-    def replay(self, receipt: bytes, sealed_input: bytes) -> ReplayResult:
-        honest = self._real._core.replay(receipt, sealed_input)
+    def replay(
+        self, receipt: bytes, sealed_input: bytes, original: tuple[Tensor, ...] | None = None
+    ) -> ReplayResult:
+        honest = self._real._core.replay(receipt, sealed_input, original)
         altered = (Tensor.from_numpy("label", np.array([2, 1, 0], dtype=np.int64)),)
         return ReplayResult(
             verdict="bitwise-identical",
@@ -245,3 +248,45 @@ def test_one_model_has_one_name(sdk: Client, iris: ModelInfo) -> None:
     assert sdk.register(example_bytes("iris-mlp.onnx"), name="iris-mlp").model_sha256 == (
         iris.model_sha256
     )
+
+
+def test_replay_with_a_tampered_stored_model_is_refused(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """A model swapped or altered in the core's store never runs a replay."""
+    import os
+    import signal
+
+    state = tmp_path_factory.mktemp("swap")
+    core = CoreProcess.start(state)
+    try:
+        with core.client() as connection:
+            client = Client(connection, trust=connection.trust())
+            info = client.register(example_bytes("iris-mlp.onnx"), name="iris")
+            inputs, seed = iris_inputs()
+            run = client.run(info.model_sha256, inputs, seed=seed)
+            sealed = state / "models" / f"{info.model_sha256}.sealed"
+            data = bytearray(sealed.read_bytes())
+            data[-30] ^= 0x01
+            sealed.write_bytes(bytes(data))
+            for pid in _children(core.pid):  # restart the worker so the store is read again
+                os.kill(pid, signal.SIGKILL)
+            with pytest.raises(QwardError, match=r"authentication failed|died"):
+                client.replay(run.receipt, inputs)
+            with pytest.raises(QwardError, match="authentication failed"):
+                client.replay(run.receipt, inputs)
+    finally:
+        core.stop()
+
+
+def _children(parent: int) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                status = (entry / "status").read_text()
+            except OSError:
+                continue
+            if f"\nPPid:\t{parent}\n" in status:
+                pids.append(int(entry.name))
+    return pids

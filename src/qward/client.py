@@ -14,6 +14,7 @@ from typing import Any
 from qward.core_protocol import CoreInterface, ModelInfo, ReplayResult
 from qward.crypto.envelope import seal as _seal
 from qward.errors import ReplayMismatchError, VerificationError
+from qward.receipts.replay_verdict import BITWISE, WITHIN_TOLERANCE
 from qward.receipts.trust import TrustBundle
 from qward.receipts.verify import VerifiedReceipt, Verifier
 from qward.tensors import Tensor, encode_tensors, tensors_digest
@@ -104,17 +105,30 @@ class Client:
             raise VerificationError("receipt records a different seed than requested")
         return VerifiedRun(outputs=result.outputs, receipt=result.receipt, verified=verified)
 
-    def replay(self, receipt: bytes, inputs: Sequence[Tensor]) -> ReplayResult:
-        """Replay a receipt; raise ``ReplayMismatchError`` unless the outputs are bit-identical."""
+    def replay(
+        self,
+        receipt: bytes,
+        inputs: Sequence[Tensor],
+        *,
+        original_outputs: Sequence[Tensor] | None = None,
+    ) -> ReplayResult:
+        """Replay a receipt. On the same platform and environment only bit-identical outputs
+        pass; elsewhere, given the original outputs, the declared tolerance applies. Anything
+        else raises ``ReplayMismatchError``."""
         verified = self._verifier.verify(receipt)
         if tensors_digest(inputs) != verified.body["input"]["sha256"]:
             raise VerificationError("these inputs are not the inputs the receipt records")
-        result = self._core.replay(receipt, seal_input(inputs, trust=self.trust))
-        if (
-            result.verdict != "bitwise-identical"
-            or tensors_digest(result.outputs) != verified.body["output"]["sha256"]
-        ):
-            raise ReplayMismatchError(
-                f"replay produced {result.output_sha256}, receipt records {result.expected_sha256}"
-            )
-        return result
+        result = self._core.replay(
+            receipt,
+            seal_input(inputs, trust=self.trust),
+            tuple(original_outputs) if original_outputs is not None else None,
+        )
+        expected = verified.body["output"]["sha256"]
+        if result.verdict == BITWISE and tensors_digest(result.outputs) == expected:
+            return result
+        if result.verdict == WITHIN_TOLERANCE and original_outputs is not None:
+            return result
+        raise ReplayMismatchError(
+            f"replay verdict {result.verdict}: {result.detail} "
+            f"(replay {result.output_sha256}, receipt {result.expected_sha256})"
+        )

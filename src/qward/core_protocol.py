@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from qward import errors
-from qward.encoding import b64decode
+from qward.encoding import b64decode, b64encode
 from qward.errors import CoreUnavailableError, QwardError
 from qward.framing import recv_frame, send_frame
 from qward.receipts.trust import TrustBundle
-from qward.tensors import Tensor, decode_tensors
+from qward.tensors import Tensor, decode_tensors, encode_tensors
 
 __all__ = [
     "MAX_FRAME_PAYLOAD",
@@ -72,12 +72,14 @@ class RunResult:
 
 @dataclass(frozen=True, kw_only=True)
 class ReplayResult:
-    """The verdict of a replay: ``"bitwise-identical"`` or ``"mismatch"``."""
+    """The verdict of a replay: bitwise-identical, within-tolerance or mismatch."""
 
     verdict: str
     output_sha256: str
     expected_sha256: str
     outputs: tuple[Tensor, ...]
+    same_environment: bool = True
+    detail: str = ""
 
 
 class CoreInterface(Protocol):
@@ -88,7 +90,12 @@ class CoreInterface(Protocol):
     def run(
         self, model_sha256: str, sealed_input: bytes, *, seed: int, parameters: dict[str, Any]
     ) -> RunResult: ...
-    def replay(self, receipt: bytes, sealed_input: bytes) -> ReplayResult: ...
+    def replay(
+        self,
+        receipt: bytes,
+        sealed_input: bytes,
+        original_outputs: tuple[Tensor, ...] | None = None,
+    ) -> ReplayResult: ...
     def checkpoint(self) -> bytes: ...
     def models(self) -> list[dict[str, Any]]: ...
     def unload_model(self, model_sha256: str) -> None: ...
@@ -196,14 +203,25 @@ class CoreClient:
             log_index=reply["log_index"],
         )
 
-    def replay(self, receipt: bytes, sealed_input: bytes) -> ReplayResult:
-        """Re-run the receipt's model on the same input and seed, comparing bytes."""
-        reply, body = self.call({"op": "replay", "receipt": receipt.decode("utf-8")}, sealed_input)
+    def replay(
+        self,
+        receipt: bytes,
+        sealed_input: bytes,
+        original_outputs: tuple[Tensor, ...] | None = None,
+    ) -> ReplayResult:
+        """Re-run the receipt's model on the same input and seed. On another platform or
+        environment, ``original_outputs`` allow a tolerance verdict instead of a bitwise one."""
+        header: dict[str, Any] = {"op": "replay", "receipt": receipt.decode("utf-8")}
+        if original_outputs is not None:
+            header["original_outputs"] = b64encode(encode_tensors(original_outputs))
+        reply, body = self.call(header, sealed_input)
         return ReplayResult(
             verdict=reply["verdict"],
             output_sha256=reply["output_sha256"],
             expected_sha256=reply["expected_sha256"],
             outputs=decode_tensors(body),
+            same_environment=reply["same_environment"],
+            detail=reply["detail"],
         )
 
     def models(self) -> list[dict[str, Any]]:

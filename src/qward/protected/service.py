@@ -17,7 +17,7 @@ from typing import Any
 
 from qward import __version__
 from qward.crypto.envelope import parse_sealed
-from qward.encoding import b64encode, canonical_json
+from qward.encoding import b64decode, b64encode, canonical_json
 from qward.errors import InputError
 from qward.protected.auditor import Auditor
 from qward.protected.keystore import CoreKeys
@@ -32,6 +32,7 @@ from qward.receipts.entries import (
     replay_entry,
 )
 from qward.receipts.receipt import RECEIPT_FORMAT, SIGNING_CONTEXT, ReceiptBundle
+from qward.receipts.replay_verdict import judge
 from qward.receipts.trust import TrustBundle
 from qward.receipts.verify import Verifier
 from qward.tensors import Tensor, decode_tensors, encode_tensors, tensors_digest
@@ -282,7 +283,7 @@ class CoreService:
         body = self._verifier.verify(receipt.encode("utf-8")).body
         entry = self._models.get(str(body["model"]["sha256"]))
         request_id = self._src.token()
-        _, inputs, outputs = self._execute(
+        worker, inputs, outputs = self._execute(
             entry,
             payload,
             seed=_seed(body["seed"]),
@@ -291,8 +292,21 @@ class CoreService:
         )
         if tensors_digest(inputs) != body["input"]["sha256"]:
             raise InputError("replay input differs from the input the receipt records")
+        entry_info = worker.info
         digest, expected = tensors_digest(outputs), body["output"]["sha256"]
-        verdict = "bitwise-identical" if digest == expected else "mismatch"
+        original = header.get("original_outputs")
+        judged = judge(
+            body=body,
+            replay_runtime={
+                "platform_class": entry_info["platform_class"],
+                "libraries": entry_info["libraries"],
+            },
+            replay_outputs=outputs,
+            original_outputs=decode_tensors(b64decode(original, what="original outputs"))
+            if original is not None
+            else None,
+        )
+        verdict = judged.verdict
         self._auditor.record(
             [
                 replay_entry(
@@ -308,6 +322,8 @@ class CoreService:
         return {
             "ok": True,
             "verdict": verdict,
+            "same_environment": judged.same_environment,
+            "detail": judged.detail,
             "output_sha256": digest,
             "expected_sha256": expected,
         }, encode_tensors(outputs)

@@ -9,6 +9,8 @@ same library versions should produce the same bytes.
 
 from __future__ import annotations
 
+import hashlib
+import importlib.metadata
 import platform
 import sys
 from typing import Any
@@ -22,6 +24,7 @@ from qward.errors import InputError
 __all__ = [
     "MAX_SEED",
     "build_session_options",
+    "environment_digest",
     "library_versions",
     "platform_class",
     "seed_everything",
@@ -83,13 +86,26 @@ def session_options_record() -> dict[str, int | str | bool]:
     }
 
 
+def environment_digest() -> str:
+    """SHA-256 over every installed distribution and its version: the lockfile actually in force."""
+    pins = sorted(
+        {
+            f"{d.metadata['Name']}=={d.version}".lower()
+            for d in importlib.metadata.distributions()
+            if d.metadata["Name"]
+        }
+    )
+    return hashlib.sha256("\n".join(pins).encode()).hexdigest()
+
+
 def library_versions() -> dict[str, str]:
-    """Versions of everything that computes an output."""
+    """Versions of everything that computes an output, and the whole environment's digest."""
     return {
         "onnxruntime": ort.__version__,
         "numpy": np.__version__,
         "python": platform.python_version(),
         "qward": __version__,
+        "environment_sha256": environment_digest(),
     }
 
 

@@ -202,7 +202,7 @@ def _load(header: dict[str, Any], payload: bytes) -> tuple[_Model, dict[str, Any
             **session_options_record(),
             "fresh_session_per_request": model.fresh_session_per_request,
         },
-        "libraries": library_versions(),
+        "libraries": LIBRARIES,
         "platform_class": PLATFORM_CLASS,
         "inputs": model.inputs,
         "outputs": model.outputs,
@@ -242,7 +242,9 @@ def _serve(stdin: BinaryIO, stdout: BinaryIO) -> int:
             write_frame(stdout, _error(exc))
 
 
-PLATFORM_CLASS = platform_class()  # read /proc/cpuinfo before the sandbox hides it
+# Read before the sandbox hides /proc/cpuinfo and the package metadata.
+PLATFORM_CLASS = platform_class()
+LIBRARIES = library_versions()
 
 
 def main() -> int:
