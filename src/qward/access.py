@@ -102,6 +102,8 @@ class AccessControl:
         if status != 200:
             await _error(status, reason)(scope, receive, send)
             return
+        # Handlers record who asked (the token id, never the token) in the run's parameters.
+        scope.setdefault("state", {})["qward_caller"] = principal.token_id if principal else None
         await self._app(scope, receive, send)
 
     def _decide(self, rule: Rule, principal: Principal | None) -> tuple[int, str]:

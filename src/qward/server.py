@@ -122,7 +122,11 @@ def create_app(
     ) -> Any:
         """Run a model on a sealed input (body); returns outputs and the logged receipt."""
         sealed = await _body(request, 64 * 1024 * 1024)
-        result = await run_in_threadpool(core.run, model_sha256, sealed, seed=seed, parameters={})
+        caller = getattr(request.state, "qward_caller", None)
+        parameters = {"qward_caller": caller} if caller else {}
+        result = await run_in_threadpool(
+            core.run, model_sha256, sealed, seed=seed, parameters=parameters
+        )
         return {
             "outputs": tensors_to_json(result.outputs),
             "parameters": {"receipt_id": result.receipt_id, "log_index": result.log_index},

@@ -38,7 +38,7 @@ __all__ = [
 MAX_REQUEST_BYTES = 64 * 1024 * 1024
 MAX_SEALED_MODEL_BYTES = 1024 * 1024 * 1024 + 65536
 _HEADER_LENGTH = "inference-header-content-length"
-_RESERVED_PARAMETERS = {"binary_data_output", "seed"}
+_RESERVED_PARAMETERS = {"binary_data_output", "seed", "qward_caller"}
 
 
 def _decompress(body: bytes, encoding: str) -> bytes:
@@ -270,6 +270,9 @@ def v2_router(
         if not isinstance(seed, int) or isinstance(seed, bool):
             raise InputError("parameters.seed must be an integer")
         extra = {k: v for k, v in params.items() if k not in _RESERVED_PARAMETERS}
+        caller = getattr(request.state, "qward_caller", None)
+        if caller is not None:
+            extra["qward_caller"] = caller
         entry = await run_in_threadpool(model, name)
         sealed = seal_input(inputs, trust=trust)
         result = await run_in_threadpool(
