@@ -18,7 +18,7 @@ def test_openapi_schema_is_served(public_url: Served) -> None:
     assert "/v2/models/{name}/infer" in schema["paths"]
 
 
-def test_no_request_causes_a_server_error(public_url: Served) -> None:
+def test_no_request_causes_a_server_error(public_url: Served, tmp_path: Path) -> None:
     st = shutil.which("st", path=str(Path(sys.executable).parent))
     assert st is not None, "schemathesis is part of the dev dependencies"
     done = subprocess.run(
