@@ -36,12 +36,15 @@ __all__ = [
     "MAGIC",
     "MAX_SEALED_BYTES",
     "SEALED_FORMAT",
+    "KeyWrap",
     "SealedArtifact",
     "derive_payload_keys",
     "hpke_info",
     "hpke_suite",
+    "parse_key_wrap",
     "parse_sealed",
     "seal",
+    "wrap_data_key",
 ]
 
 MAGIC = b"QWSEAL\x00\x01"
@@ -71,6 +74,37 @@ def _hkdf(dek: bytes, label: bytes) -> bytes:
 def derive_payload_keys(dek: bytes) -> tuple[bytes, bytes]:
     """(AES-256-GCM key, key commitment) derived from a data key."""
     return _hkdf(dek, b"qward/sealed/v1/payload-key"), _hkdf(dek, b"qward/sealed/v1/commitment")
+
+
+@dataclass(frozen=True, kw_only=True)
+class KeyWrap:
+    """The HPKE-wrapped data key of a sealed artifact or stream, named by suite and key id."""
+
+    suite: str
+    key_id: str
+    encapsulated_key: bytes
+
+
+def wrap_data_key(dek: bytes, *, recipient: HPKERecipientKey, header: bytes) -> bytes:
+    """The canonical key-wrap section: ``dek`` HPKE-sealed to ``recipient``, bound to ``header``."""
+    enc = hpke_suite().encrypt(dek, recipient.to_hpke(), info=hpke_info(header))
+    return canonical_json(
+        {"suite": recipient.suite, "key_id": recipient.key_id, "enc": b64encode(enc)}
+    )
+
+
+def parse_key_wrap(wrap: bytes, *, what: str) -> KeyWrap:
+    """Parse a key-wrap section, checking its suite."""
+    doc = parse_canonical_json(wrap, what=f"{what} key wrap")
+    suite = require_suite(
+        doc.get("suite"), expected=MLKEM768_X25519_HKDF_SHA256_AES_256_GCM, what=what
+    )
+    key_id = doc.get("key_id")
+    if not isinstance(key_id, str):
+        raise FormatError(f"{what}: key_id must be a string")
+    return KeyWrap(
+        suite=suite, key_id=key_id, encapsulated_key=b64decode(doc.get("enc"), what=f"{what} enc")
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -114,10 +148,7 @@ def seal(
             "length": len(plaintext),
         }
     )
-    enc = hpke_suite().encrypt(dek, recipient.to_hpke(), info=hpke_info(header))
-    wrap = canonical_json(
-        {"suite": recipient.suite, "key_id": recipient.key_id, "enc": b64encode(enc)}
-    )
+    wrap = wrap_data_key(dek, recipient=recipient, header=header)
     ciphertext = AESGCM(payload_key).encrypt(nonce, plaintext, MAGIC + header)
     return b"".join([MAGIC, _U32.pack(len(header)), header, _U32.pack(len(wrap)), wrap, ciphertext])
 
@@ -140,17 +171,14 @@ def parse_sealed(blob: bytes, *, limit: int = MAX_SEALED_BYTES) -> SealedArtifac
     header, offset = _section(blob, len(MAGIC), "header")
     wrap_bytes, offset = _section(blob, offset, "key wrap")
     head = parse_canonical_json(header, what="sealed artifact header")
-    wrap = parse_canonical_json(wrap_bytes, what="sealed artifact key wrap")
+    wrap = parse_key_wrap(wrap_bytes, what="sealed artifact")
     if head.get("format") != SEALED_FORMAT:
         raise FormatError(f"sealed artifact: unsupported format {head.get('format')!r}")
-    suite = require_suite(
-        wrap.get("suite"), expected=MLKEM768_X25519_HKDF_SHA256_AES_256_GCM, what="sealed artifact"
-    )
-    length, content_type, key_id = head.get("length"), head.get("content_type"), wrap.get("key_id")
+    length, content_type = head.get("length"), head.get("content_type")
     if not isinstance(length, int) or isinstance(length, bool) or length < 0:
         raise FormatError("sealed artifact: invalid plaintext length")
-    if not isinstance(content_type, str) or not isinstance(key_id, str):
-        raise FormatError("sealed artifact: content_type and key_id must be strings")
+    if not isinstance(content_type, str):
+        raise FormatError("sealed artifact: content_type must be a string")
     ciphertext = blob[offset:]
     if len(ciphertext) != length + _TAG_LEN:
         raise FormatError(
@@ -167,8 +195,8 @@ def parse_sealed(blob: bytes, *, limit: int = MAX_SEALED_BYTES) -> SealedArtifac
         nonce=nonce,
         commitment=commitment,
         length=length,
-        suite=suite,
-        key_id=key_id,
-        encapsulated_key=b64decode(wrap.get("enc"), what="sealed artifact enc"),
+        suite=wrap.suite,
+        key_id=wrap.key_id,
+        encapsulated_key=wrap.encapsulated_key,
         ciphertext=ciphertext,
     )

@@ -25,11 +25,10 @@ from typing import BinaryIO
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from qward.crypto.envelope import derive_payload_keys, hpke_info, hpke_suite
+from qward.crypto.envelope import derive_payload_keys, parse_key_wrap, wrap_data_key
 from qward.crypto.keys import HPKERecipientKey
 from qward.encoding import b64decode, b64encode, canonical_json, parse_canonical_json
 from qward.errors import FormatError, InputError
-from qward.suites import MLKEM768_X25519_HKDF_SHA256_AES_256_GCM, require_suite
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
@@ -95,21 +94,14 @@ def read_stream_header(src: BinaryIO) -> StreamHeader:
         raise FormatError("not a qward sealed stream (bad magic or unsupported version)")
     header = _section(src, "header")
     head = parse_canonical_json(header, what="sealed stream header")
-    wrap = parse_canonical_json(_section(src, "key wrap"), what="sealed stream key wrap")
+    wrap = parse_key_wrap(_section(src, "key wrap"), what="sealed stream")
     if head.get("format") != STREAM_FORMAT:
         raise FormatError(f"sealed stream: unsupported format {head.get('format')!r}")
-    suite = require_suite(
-        wrap.get("suite"), expected=MLKEM768_X25519_HKDF_SHA256_AES_256_GCM, what="sealed stream"
-    )
-    chunk_size, content_type, key_id = (
-        head.get("chunk_size"),
-        head.get("content_type"),
-        wrap.get("key_id"),
-    )
+    chunk_size, content_type = head.get("chunk_size"), head.get("content_type")
     if not isinstance(chunk_size, int) or not _MIN_CHUNK <= chunk_size <= _MAX_CHUNK:
         raise FormatError(f"sealed stream: chunk size {chunk_size!r} is not 16 to 64 KiB")
-    if not isinstance(content_type, str) or not isinstance(key_id, str):
-        raise FormatError("sealed stream: content_type and key_id must be strings")
+    if not isinstance(content_type, str):
+        raise FormatError("sealed stream: content_type must be a string")
     prefix = b64decode(head.get("nonce_prefix"), what="sealed stream nonce prefix")
     commitment = b64decode(head.get("commitment"), what="sealed stream commitment")
     if len(prefix) != _PREFIX_LEN or len(commitment) != 32:
@@ -120,9 +112,9 @@ def read_stream_header(src: BinaryIO) -> StreamHeader:
         chunk_size=chunk_size,
         nonce_prefix=prefix,
         commitment=commitment,
-        suite=suite,
-        key_id=key_id,
-        encapsulated_key=b64decode(wrap.get("enc"), what="sealed stream enc"),
+        suite=wrap.suite,
+        key_id=wrap.key_id,
+        encapsulated_key=wrap.encapsulated_key,
     )
 
 
@@ -153,10 +145,7 @@ def seal_stream(
             "commitment": b64encode(commitment),
         }
     )
-    enc = hpke_suite().encrypt(dek, recipient.to_hpke(), info=hpke_info(header))
-    wrap = canonical_json(
-        {"suite": recipient.suite, "key_id": recipient.key_id, "enc": b64encode(enc)}
-    )
+    wrap = wrap_data_key(dek, recipient=recipient, header=header)
     dst.write(STREAM_MAGIC + _U32.pack(len(header)) + header + _U32.pack(len(wrap)) + wrap)
     aead, aad = AESGCM(payload_key), hashlib.sha256(STREAM_MAGIC + header).digest()
     # Two input buffers (current and read-ahead) and one output buffer, reused for every chunk.
