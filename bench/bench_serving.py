@@ -79,10 +79,18 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=15)
     parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--model", type=Path, help="ONNX model (default: bundled iris MLP)")
+    parser.add_argument("--request", type=Path, help="V2 JSON request for --model")
     args = parser.parse_args()
     examples = resources.files("qward.examples")
-    model = examples.joinpath("iris-mlp.onnx").read_bytes()
-    body = examples.joinpath("iris-request.json").read_bytes()
+    model = (
+        args.model.read_bytes() if args.model else examples.joinpath("iris-mlp.onnx").read_bytes()
+    )
+    body = (
+        args.request.read_bytes()
+        if args.request
+        else examples.joinpath("iris-request.json").read_bytes()
+    )
     with tempfile.TemporaryDirectory() as tmp:
         model_path = Path(tmp) / "model.onnx"
         model_path.write_bytes(model)
@@ -138,7 +146,7 @@ def main() -> None:
                 results[name] = _report(name, latencies, args.seconds)
             print(
                 f"qward/plain throughput ratio {results['qward'] / results['plain']:.2f}x "
-                f"(concurrency {args.concurrency}, iris MLP, 2-core machine)"
+                f"(concurrency {args.concurrency}, {args.model or 'iris MLP'})"
             )
         finally:
             plain.terminate()
