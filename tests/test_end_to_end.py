@@ -290,3 +290,18 @@ def _children(parent: int) -> list[int]:
             if f"\nPPid:\t{parent}\n" in status:
                 pids.append(int(entry.name))
     return pids
+
+
+def test_a_burst_of_new_core_connections_is_accepted(core: CoreProcess) -> None:
+    """Regression: 32 connections opened at once all get through (the listen backlog was 5)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from qward.core_protocol import CoreClient
+
+    def checkpoint(_: int) -> bytes:
+        with CoreClient(core.state_dir / "core.sock") as client:
+            return client.checkpoint()
+
+    with ThreadPoolExecutor(32) as pool:
+        notes = list(pool.map(checkpoint, range(32)))
+    assert all(note.startswith(b"qward.local/log/") for note in notes)

@@ -94,8 +94,8 @@ class AccessControl:
                 path=request.url.path,
                 decision="allow" if status == 200 else f"deny-{status}",
             )
-        except QwardError:
-            await _error(503, "the audit log is unavailable; nothing was executed")(
+        except QwardError as exc:
+            await _error(503, f"the audit log is unavailable ({exc.code}); nothing was executed")(
                 scope, receive, send
             )
             return

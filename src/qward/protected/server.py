@@ -89,6 +89,9 @@ class _Handler(socketserver.BaseRequestHandler):
 
 class _CoreServer(socketserver.ThreadingUnixStreamServer):
     daemon_threads = True
+    # The default backlog of 5 makes a burst of new connections from the public server's pool
+    # fail with EAGAIN (a Unix socket with a timeout does not wait for room in the backlog).
+    request_queue_size = 256
 
     def __init__(self, path: Path, service: CoreService) -> None:
         self.service = service
