@@ -82,18 +82,17 @@ def test_outputs_are_withheld_if_the_receipt_cannot_be_logged(
     core: tuple[CoreService, FaultyStore, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     service, store, digest = core
-    worker = service._models.get(digest).worker
-    assert worker is not None
-    real_run = worker.run
     ran: list[int] = []
+    for worker in service._models.get(digest).pool:
+        real_run = worker.run
 
-    def run_then_break_the_log(*args: Any, **kwargs: Any) -> Any:
-        outputs = real_run(*args, **kwargs)
-        ran.append(1)
-        store.failing = True  # the log dies between execution and the receipt append
-        return outputs
+        def run_then_break_the_log(*args: Any, _real: Any = real_run, **kwargs: Any) -> Any:
+            outputs = _real(*args, **kwargs)
+            ran.append(1)
+            store.failing = True  # the log dies between execution and the receipt append
+            return outputs
 
-    monkeypatch.setattr(worker, "run", run_then_break_the_log)
+        monkeypatch.setattr(worker, "run", run_then_break_the_log)
     header, payload = _run_request(service, digest)
     with pytest.raises(AuditError):
         service.dispatch(header, payload)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
+import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,9 +15,12 @@ from qward.encoding import canonical_json, parse_canonical_json, read_limited
 from qward.errors import InputError, NotFoundError
 from qward.runtime.supervisor import WorkerProcess
 
-__all__ = ["MAX_MODEL_BYTES", "ModelEntry", "ModelRegistry", "check_digest"]
+__all__ = ["DEFAULT_WORKERS", "MAX_MODEL_BYTES", "ModelEntry", "ModelRegistry", "check_digest"]
 
 MAX_MODEL_BYTES = 1024 * 1024 * 1024
+# Each worker is single-threaded for determinism, so parallelism comes from several workers; one
+# per core, up to two, unless QWARD_WORKERS_PER_MODEL says otherwise.
+DEFAULT_WORKERS = int(os.environ.get("QWARD_WORKERS_PER_MODEL", min(2, os.cpu_count() or 1)))
 _HEX = set("0123456789abcdef")
 
 
@@ -27,20 +33,29 @@ def check_digest(value: object, what: str) -> str:
 
 @dataclass(kw_only=True)
 class ModelEntry:
-    """A registered model; ``worker`` is set once the model has been opened."""
+    """A registered model and, once it has been opened, its pool of sandboxed workers."""
 
     model_sha256: str
     sealed_sha256: str
     name: str
-    worker: WorkerProcess | None = None
+    pool: list[WorkerProcess] = field(default_factory=list)
+    idle: queue.SimpleQueue[WorkerProcess] = field(default_factory=queue.SimpleQueue)
     unloaded: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def worker(self) -> WorkerProcess | None:
+        """A live worker of the pool (they all report the same model, profile and sandbox)."""
+        return next((w for w in self.pool if w.alive), None)
 
 
 class ModelRegistry:
     """Keeps sealed models in ``directory`` and starts their workers on demand."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *, workers_per_model: int = DEFAULT_WORKERS) -> None:
+        if workers_per_model < 1:
+            raise InputError("workers_per_model must be at least 1")
+        self._workers_per_model = workers_per_model
         self._dir = directory
         self._dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._models: dict[str, ModelEntry] = {}
@@ -83,30 +98,58 @@ class ModelRegistry:
             raise NotFoundError(f"model {model_sha256} is not registered with this core")
         return entry
 
-    def worker(self, entry: ModelEntry, open_model: Callable[[bytes], bytes]) -> WorkerProcess:
-        """The entry's live worker, starting one (via ``open_model``) if needed."""
+    def ensure_workers(
+        self, entry: ModelEntry, open_model: Callable[[bytes], bytes]
+    ) -> WorkerProcess:
+        """Top the entry's pool up to size (opening the model once if any worker is missing);
+        returns one live worker."""
         with entry.lock:
             if entry.unloaded:
                 raise InputError(f"model {entry.name!r} is unloaded; load it again to use it")
-            if entry.worker is None or not entry.worker.alive:
-                if entry.worker is not None:
-                    entry.worker.close()
+            for dead in [w for w in entry.pool if not w.alive]:
+                dead.close()
+            entry.pool = [w for w in entry.pool if w.alive]
+            missing = self._workers_per_model - len(entry.pool)
+            if missing > 0:
                 sealed = read_limited(
                     str(self._dir / f"{entry.model_sha256}.sealed"),
                     limit=MAX_MODEL_BYTES + 65536,
                     what="sealed model",
                 )
                 plaintext = open_model(sealed)
-                entry.worker = WorkerProcess.start(model=plaintext, model_sha256=entry.model_sha256)
-            return entry.worker
+                for _ in range(missing):
+                    worker = WorkerProcess.start(model=plaintext, model_sha256=entry.model_sha256)
+                    entry.pool.append(worker)
+                    entry.idle.put(worker)
+            return entry.pool[0]
+
+    @contextlib.contextmanager
+    def borrow(
+        self, entry: ModelEntry, open_model: Callable[[bytes], bytes]
+    ) -> Iterator[WorkerProcess]:
+        """Lend an idle live worker for one request, waiting if all are busy."""
+        while True:
+            self.ensure_workers(entry, open_model)
+            worker = entry.idle.get()
+            if worker.alive:
+                break
+        try:
+            yield worker
+        finally:
+            if worker.alive:
+                entry.idle.put(worker)
 
     def unload(self, entry: ModelEntry) -> None:
-        """Stop the entry's worker; runs are refused until the model is registered again."""
+        """Stop the entry's workers; runs are refused until the model is registered again."""
         with entry.lock:
             entry.unloaded = True
-            if entry.worker is not None:
-                entry.worker.close()
-                entry.worker = None
+            self._stop(entry)
+
+    @staticmethod
+    def _stop(entry: ModelEntry) -> None:
+        for worker in entry.pool:
+            worker.close()
+        entry.pool = []
 
     def entries(self) -> list[ModelEntry]:
         """Every registered model, in name order."""
@@ -116,6 +159,5 @@ class ModelRegistry:
     def close(self) -> None:
         """Stop every worker."""
         for entry in self._models.values():
-            if entry.worker is not None:
-                entry.worker.close()
-                entry.worker = None
+            with entry.lock:
+                self._stop(entry)

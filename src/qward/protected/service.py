@@ -121,16 +121,13 @@ class CoreService:
                 blob, keys=self._keys.hpke, limit=limit, expected_content_type=content_type
             )
 
-    def _worker_for(self, entry: ModelEntry, request_id: str) -> Any:
-        return self._models.worker(
-            entry,
-            lambda sealed: self._open(
-                sealed,
-                purpose="unseal-model",
-                request_id=request_id,
-                content_type=MODEL_CONTENT_TYPE,
-                limit=MAX_MODEL_BYTES + 65536,
-            ),
+    def _opener(self, request_id: str) -> Callable[[bytes], bytes]:
+        return lambda sealed: self._open(
+            sealed,
+            purpose="unseal-model",
+            request_id=request_id,
+            content_type=MODEL_CONTENT_TYPE,
+            limit=MAX_MODEL_BYTES + 65536,
         )
 
     # -- operations --------------------------------------------------------------------------
@@ -152,7 +149,7 @@ class CoreService:
         )
         digest = hashlib.sha256(plaintext).hexdigest()
         entry = self._models.add(model_sha256=digest, sealed=payload, name=name)
-        worker = self._worker_for(entry, request_id)
+        worker = self._models.ensure_workers(entry, self._opener(request_id))
         self.log_admin(
             "model-registered", model_sha256=digest, name=name, sealed_sha256=entry.sealed_sha256
         )
@@ -178,14 +175,14 @@ class CoreService:
                 limit=MAX_INPUT_BYTES,
             )
         )
-        worker = self._worker_for(entry, request_id)
-        with tracer().start_as_current_span(
-            "qward.run",
-            attributes={
-                "qward.model_sha256": entry.model_sha256,
-                "qward.request_id": request_id,
-                "qward.seed": seed,
-            },
+        span: dict[str, str | int] = {
+            "qward.model_sha256": entry.model_sha256,
+            "qward.request_id": request_id,
+            "qward.seed": seed,
+        }
+        with (
+            self._models.borrow(entry, self._opener(request_id)) as worker,
+            tracer().start_as_current_span("qward.run", attributes=span),
         ):
             return worker, inputs, worker.run(inputs, seed=seed)
 
