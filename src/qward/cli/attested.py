@@ -1,0 +1,185 @@
+"""Attested execution commands: demo, seal, run, verify, replay."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import typer
+from rich.table import Table
+
+from qward.cli._app import (
+    DEFAULT_STATE,
+    MAX_MODEL_FILE,
+    MAX_REQUEST_FILE,
+    StateDir,
+    app,
+    console,
+    example,
+    trust_bundle,
+)
+from qward.client import Client, VerifiedRun, seal_model
+from qward.core_process import CoreProcess, core_session
+from qward.encoding import read_limited
+from qward.errors import (
+    InputError,
+    VerificationError,
+)
+from qward.receipts.receipt import MAX_RECEIPT_BYTES
+from qward.receipts.verify import Verifier
+from qward.tensors import tensors_digest, tensors_from_json, tensors_to_json
+
+__all__: list[str] = []
+
+
+@app.command("demo")
+def _demo(state_dir: StateDir = DEFAULT_STATE) -> None:
+    """Seal the bundled model, run it attested, verify the receipt offline and replay it."""
+    core = CoreProcess.start(state_dir)
+    try:
+        with core.client() as core_client:
+            trust = core_client.trust()
+            sdk = Client(core_client, trust=trust)
+            with console.status("sealing and registering the example model"):
+                info = sdk.register(example("iris-mlp.onnx"), name="iris-mlp")
+            inputs, params = tensors_from_json(example("iris-request.json"))
+            seed = int(params.get("seed", 0))
+            run = sdk.run(info.model_sha256, inputs, seed=seed)
+            receipt_path = state_dir / "receipts" / f"{run.verified.bundle.receipt_id}.json"
+            receipt_path.parent.mkdir(parents=True, exist_ok=True)
+            receipt_path.write_bytes(run.receipt)
+            replay = sdk.replay(run.receipt, inputs)
+    finally:
+        core.stop()
+    _print_run(info.isolation, run, receipt_path, replay.verdict)
+
+
+def _print_run(
+    isolation: dict[str, Any], run: VerifiedRun, receipt_path: Path, verdict: str
+) -> None:
+    body = run.verified.body
+    table = Table(title="qward demo: attested run of the bundled iris model", show_header=False)
+    table.add_row("model", f"{body['model']['name']}  sha256 {body['model']['sha256']}")
+    table.add_row("input", f"sha256 {body['input']['sha256']}  seed {body['seed']}")
+    for tensor in run.outputs:
+        values = np.array2string(tensor.to_numpy(), precision=4, suppress_small=True)
+        table.add_row(f"output {tensor.name}", f"{tensor.datatype}{list(tensor.shape)} {values}")
+    table.add_row("output sha256", body["output"]["sha256"])
+    table.add_row("receipt", f"{receipt_path}\nsigned {body['signer']['suite']}, verified offline")
+    table.add_row(
+        "log",
+        f"entry {run.log_index} of {run.verified.checkpoint.size} in "
+        f"{run.verified.checkpoint.origin} (Ed25519 + ML-DSA-44 checkpoint)",
+    )
+    layers = [n for n, layer in isolation["layers"].items() if layer["enforced"]]
+    degraded = isolation.get("degraded") or []
+    table.add_row(
+        "isolation",
+        f"enforced: {', '.join(layers)}\ndegraded: {', '.join(degraded) if degraded else 'none'}",
+    )
+    table.add_row("replay", verdict)
+    console.print(table)
+    console.print(
+        f"verify it yourself: qward verify {receipt_path} --state-dir {receipt_path.parent.parent}"
+    )
+
+
+@app.command("seal")
+def _seal(
+    model: Annotated[Path, typer.Argument(help="Plaintext ONNX model to seal.")],
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Where to write the sealed model.")
+    ],
+    trust_file: Annotated[Path | None, typer.Option("--trust")] = None,
+    state_dir: StateDir = DEFAULT_STATE,
+) -> None:
+    """Seal a model to the core's public key (run by the model owner)."""
+    sealed = seal_model(
+        read_limited(str(model), limit=MAX_MODEL_FILE, what="model"),
+        trust=trust_bundle(state_dir, trust_file),
+    )
+    output.write_bytes(sealed)
+    console.print(f"sealed {model} -> {output} ({len(sealed)} bytes)")
+
+
+@app.command("run")
+def _run(
+    model: Annotated[Path, typer.Option("--model", help="Plaintext ONNX model (sealed locally).")],
+    input_file: Annotated[Path, typer.Option("--input", help="V2 JSON inference request.")],
+    receipt_out: Annotated[Path, typer.Option("--receipt", help="Where to write the receipt.")],
+    state_dir: StateDir = DEFAULT_STATE,
+) -> None:
+    """Register a model if needed, run it on a request, and write the verified receipt."""
+    model_bytes = read_limited(str(model), limit=MAX_MODEL_FILE, what="model")
+    inputs, params = tensors_from_json(
+        read_limited(str(input_file), limit=MAX_REQUEST_FILE, what="input")
+    )
+    seed = params.pop("seed", 0)
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise InputError("parameters.seed must be an integer")
+    with core_session(state_dir) as core_client:
+        sdk = Client(core_client, trust=trust_bundle(state_dir, None))
+        digest = hashlib.sha256(model_bytes).hexdigest()
+        if not any(m["model_sha256"] == digest for m in core_client.models()):
+            sdk.register(model_bytes, name=model.stem)
+        result = sdk.run(digest, inputs, seed=seed, parameters=params)
+    receipt_out.write_bytes(result.receipt)
+    console.print_json(
+        json.dumps(
+            {
+                "outputs": tensors_to_json(result.outputs),
+                "receipt_id": result.verified.bundle.receipt_id,
+                "log_index": result.log_index,
+            }
+        )
+    )
+
+
+@app.command("verify")
+def _verify(
+    receipt: Annotated[Path, typer.Argument(help="Receipt file to verify offline.")],
+    trust_file: Annotated[Path | None, typer.Option("--trust", help="Pinned trust bundle.")] = None,
+    model: Annotated[Path | None, typer.Option("--model", help="Also check this model.")] = None,
+    input_file: Annotated[
+        Path | None, typer.Option("--input", help="Also check this input.")
+    ] = None,
+    state_dir: StateDir = DEFAULT_STATE,
+) -> None:
+    """Verify a receipt offline: signatures, inclusion proof and signed checkpoint."""
+    verified = Verifier(trust=trust_bundle(state_dir, trust_file)).verify(
+        read_limited(str(receipt), limit=MAX_RECEIPT_BYTES, what="receipt")
+    )
+    if model is not None:
+        Verifier.check_model(verified, read_limited(str(model), limit=MAX_MODEL_FILE, what="model"))
+    if input_file is not None:
+        inputs, _ = tensors_from_json(
+            read_limited(str(input_file), limit=MAX_REQUEST_FILE, what="input")
+        )
+        if tensors_digest(inputs) != verified.body["input"]["sha256"]:
+            raise VerificationError("the input file is not the input this receipt records")
+    console.print(
+        f"[green]OK[/green] receipt {verified.bundle.receipt_id}: signature "
+        f"{verified.bundle.signature.suite}, log entry {verified.bundle.index} of "
+        f"{verified.checkpoint.size} in {verified.checkpoint.origin}"
+    )
+
+
+@app.command("replay")
+def _replay(
+    receipt: Annotated[Path, typer.Argument(help="Receipt to replay.")],
+    input_file: Annotated[Path, typer.Option("--input", help="The original V2 JSON request.")],
+    state_dir: StateDir = DEFAULT_STATE,
+) -> None:
+    """Re-run the receipt's model on the same input and seed; succeed only on identical bytes."""
+    receipt_bytes = read_limited(str(receipt), limit=MAX_RECEIPT_BYTES, what="receipt")
+    inputs, _ = tensors_from_json(
+        read_limited(str(input_file), limit=MAX_REQUEST_FILE, what="input")
+    )
+    with core_session(state_dir) as core_client:
+        result = Client(core_client, trust=trust_bundle(state_dir, None)).replay(
+            receipt_bytes, inputs
+        )
+    console.print(f"[green]{result.verdict}[/green]: output sha256 {result.output_sha256}")
