@@ -122,3 +122,46 @@ def test_unencodable_parameters_are_refused_before_any_key_use(
         with pytest.raises(InputError):
             service.dispatch({**header, "parameters": bad}, payload)
     assert len(store.sequenced) == before
+
+
+def test_concurrent_commits_share_checkpoints(tmp_path: Path) -> None:
+    """Group commit under contention: every returned checkpoint covers the caller's entry."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from qward.tlog.merkle import leaf_hash, verify_inclusion
+
+    keys = create_keystore(tmp_path, origin="test.example/log")
+    store = SQLiteLogStore.open(tmp_path / "log.sqlite")
+    auditor = Auditor(store=store, origin=keys.origin, signers=keys.log_signers)
+
+    def append(i: int) -> None:
+        entry = f"entry {i}".encode()
+        (index,) = auditor.record([entry])
+        _, checkpoint = auditor.commit(covering=index)
+        assert checkpoint.size > index
+        verify_inclusion(
+            leaf_hash=leaf_hash(entry),
+            index=index,
+            size=checkpoint.size,
+            proof=auditor.inclusion_proof(index, checkpoint.size),
+            root=checkpoint.root_hash,
+        )
+
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(append, range(64)))
+    store.close()
+
+
+def test_a_covered_entry_needs_no_new_signature(tmp_path: Path) -> None:
+    keys = create_keystore(tmp_path, origin="test.example/log")
+    store = FaultyStore(SQLiteLogStore.open(tmp_path / "log.sqlite"))
+    published: list[int] = []
+    real_publish = store._store.publish
+    store.publish = lambda **kw: published.append(1) or real_publish(**kw)  # type: ignore[attr-defined]
+    auditor = Auditor(store=store, origin=keys.origin, signers=keys.log_signers)  # type: ignore[arg-type]
+    indices = auditor.record([f"entry {i}".encode() for i in range(10)])
+    first = auditor.commit(covering=indices[3])
+    assert auditor.commit(covering=indices[7]) == first
+    assert len(published) == 1
+    (late,) = auditor.record([b"one more"])
+    assert auditor.commit(covering=late)[1].size == 11 and len(published) == 2

@@ -36,6 +36,10 @@ class Auditor:
         self._origin = origin
         self._signers = tuple(signers)
         self._lock = threading.Lock()
+        # Group commit: one publisher at a time; a caller whose entry an earlier publisher's
+        # checkpoint already covers returns that checkpoint instead of signing another.
+        self._publish_lock = threading.Lock()
+        self._latest: tuple[bytes, Checkpoint] | None = None
 
     @property
     def origin(self) -> str:
@@ -59,17 +63,25 @@ class Auditor:
                     f"the transparency log refused the entry: {type(exc).__name__}"
                 ) from None
 
-    def commit(self) -> tuple[bytes, Checkpoint]:
-        """Integrate and publish; returns the signed checkpoint note and its parsed body."""
-        with self._lock, tracer().start_as_current_span("qward.log.publish"):
-            try:
-                self._store.integrate()
-                note = self._store.publish(origin=self._origin, signers=self._signers)
-            except AuditError:
-                raise
-            except Exception as exc:
-                raise AuditError(f"publishing a checkpoint failed: {type(exc).__name__}") from None
-        return note, Checkpoint.from_body(note.split(b"\n\n", 1)[0] + b"\n")
+    def commit(self, *, covering: int | None = None) -> tuple[bytes, Checkpoint]:
+        """Publish a checkpoint covering entry ``covering`` (or everything sequenced so far);
+        returns the signed note and its parsed body. Concurrent callers share checkpoints."""
+        with self._publish_lock:
+            latest = self._latest
+            if covering is not None and latest is not None and latest[1].size > covering:
+                return latest
+            with self._lock, tracer().start_as_current_span("qward.log.publish"):
+                try:
+                    self._store.integrate()
+                    note = self._store.publish(origin=self._origin, signers=self._signers)
+                except AuditError:
+                    raise
+                except Exception as exc:
+                    raise AuditError(
+                        f"publishing a checkpoint failed: {type(exc).__name__}"
+                    ) from None
+            self._latest = (note, Checkpoint.from_body(note.split(b"\n\n", 1)[0] + b"\n"))
+            return self._latest
 
     def inclusion_proof(self, index: int, size: int) -> tuple[bytes, ...]:
         """Inclusion proof from the store."""

@@ -90,8 +90,10 @@ class CoreService:
 
     def log_admin(self, action: str, **details: Any) -> None:
         """Record an administrative event and publish it."""
-        self._auditor.record([admin_entry(action=action, at=self._now(), details=details)])
-        self._auditor.commit()
+        (index,) = self._auditor.record(
+            [admin_entry(action=action, at=self._now(), details=details)]
+        )
+        self._auditor.commit(covering=index)
 
     def _open(
         self, blob: bytes, *, purpose: str, request_id: str, content_type: str, limit: int
@@ -215,7 +217,7 @@ class CoreService:
                 canonical_json(body), context=SIGNING_CONTEXT
             )
         (index,) = self._auditor.record([receipt_entry(body, signature)])
-        note, checkpoint = self._auditor.commit()
+        note, checkpoint = self._auditor.commit(covering=index)
         bundle = ReceiptBundle(
             body=body,
             signature=signature,
@@ -304,7 +306,7 @@ class CoreService:
             else None,
         )
         verdict = judged.verdict
-        self._auditor.record(
+        (index,) = self._auditor.record(
             [
                 replay_entry(
                     receipt_id=body["receipt_id"],
@@ -315,7 +317,7 @@ class CoreService:
                 )
             ]
         )
-        self._auditor.commit()
+        self._auditor.commit(covering=index)
         return {
             "ok": True,
             "verdict": verdict,
