@@ -88,6 +88,30 @@ def test_run_then_replay_from_the_cli(demo_state: Path, tmp_path: Path, request_
     replayed = qward("replay", str(receipt), "--input", str(request_file), state=demo_state)
     assert replayed.returncode == 0, replayed.stderr
     assert "bitwise-identical" in replayed.stdout
+    outputs = tmp_path / "outputs.json"
+    outputs.write_text(ran.stdout)
+    with_original = qward(
+        "replay",
+        str(receipt),
+        "--input",
+        str(request_file),
+        "--original-output",
+        str(outputs),
+        state=demo_state,
+    )
+    assert with_original.returncode == 0, with_original.stderr
+    assert "bitwise-identical" in with_original.stdout
+    outputs.write_text("{not json")
+    bad = qward(
+        "replay",
+        str(receipt),
+        "--input",
+        str(request_file),
+        "--original-output",
+        str(outputs),
+        state=demo_state,
+    )
+    assert bad.returncode == 2 and "not valid JSON" in bad.stderr
 
 
 def test_bad_request_file_is_named(demo_state: Path, tmp_path: Path) -> None:

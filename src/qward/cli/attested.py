@@ -171,15 +171,36 @@ def _verify(
 def _replay(
     receipt: Annotated[Path, typer.Argument(help="Receipt to replay.")],
     input_file: Annotated[Path, typer.Option("--input", help="The original V2 JSON request.")],
+    original_output: Annotated[
+        Path | None,
+        typer.Option(
+            help='The original outputs ({"outputs": [...]} as `qward run` prints '
+            "them): allows a tolerance verdict on another platform."
+        ),
+    ] = None,
     state_dir: StateDir = DEFAULT_STATE,
 ) -> None:
-    """Re-run the receipt's model on the same input and seed; succeed only on identical bytes."""
+    """Re-run the receipt's model on the same input and seed: bit-identical on the same platform
+    and environment, within the declared tolerance elsewhere (given --original-output)."""
     receipt_bytes = read_limited(str(receipt), limit=MAX_RECEIPT_BYTES, what="receipt")
     inputs, _ = tensors_from_json(
         read_limited(str(input_file), limit=MAX_REQUEST_FILE, what="input")
     )
+    original = None
+    if original_output is not None:
+        raw = read_limited(str(original_output), limit=MAX_REQUEST_FILE, what="original output")
+        try:
+            doc = json.loads(raw)
+        except ValueError:
+            raise InputError(f"{original_output} is not valid JSON") from None
+        if not isinstance(doc, dict) or not isinstance(doc.get("outputs"), list):
+            raise InputError('original output file needs an "outputs" list')
+        original, _ = tensors_from_json(json.dumps({"inputs": doc["outputs"]}).encode())
     with core_session(state_dir) as core_client:
         result = Client(core_client, trust=trust_bundle(state_dir, None)).replay(
-            receipt_bytes, inputs
+            receipt_bytes, inputs, original_outputs=original
         )
-    console.print(f"[green]{result.verdict}[/green]: output sha256 {result.output_sha256}")
+    console.print(
+        f"[green]{result.verdict}[/green]: output sha256 {result.output_sha256}"
+        f"{'' if result.same_environment else ' (different platform or environment)'}"
+    )
