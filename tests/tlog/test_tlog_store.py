@@ -1,4 +1,4 @@
-"""SQLite log store: the three phases, proofs against published checkpoints, durability, failure."""
+"""Log stores, on SQLite and PostgreSQL: the three phases, proofs, durability, failure."""
 
 from __future__ import annotations
 
@@ -13,9 +13,12 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, mldsa
 from qward.errors import AuditError, InputError
 from qward.tlog import merkle
 from qward.tlog.audit import verify_log
+from qward.tlog.backend import LogBackend
 from qward.tlog.checkpoint import Checkpoint
 from qward.tlog.note import Ed25519NoteSigner, MLDSA44NoteSigner, open_note
 from qward.tlog.store import MAX_ENTRY_BYTES, SQLiteLogStore
+
+from .conftest import LogDatabase, PostgresServer
 
 ORIGIN = "log.example/store"
 SIGNERS = (
@@ -37,12 +40,12 @@ def path(tmp_path: Path) -> Path:
 
 
 @pytest.fixture()
-def store(path: Path) -> Iterator[SQLiteLogStore]:
-    with SQLiteLogStore.open(path) as opened:
+def store(log_db: LogDatabase) -> Iterator[LogBackend]:
+    with log_db.open() as opened:
         yield opened
 
 
-def grow(store: SQLiteLogStore, batches: list[int]) -> list[bytes]:
+def grow(store: LogBackend, batches: list[int]) -> list[bytes]:
     """Sequence, integrate and publish one checkpoint per batch; returns the notes."""
     notes = []
     for count in batches:
@@ -59,7 +62,7 @@ def checkpoint_of(note: bytes) -> Checkpoint:
     return Checkpoint.from_body(open_note(note, VERIFIERS)[0])
 
 
-def test_phases_round_trip(store: SQLiteLogStore) -> None:
+def test_phases_round_trip(store: LogBackend) -> None:
     assert (store.size(), store.sequenced_size(), store.latest_checkpoint()) == (0, 0, None)
     assert store.sequence([]) == []
     assert store.sequence([entry(0), entry(1), entry(2)]) == [0, 1, 2]
@@ -75,7 +78,7 @@ def test_phases_round_trip(store: SQLiteLogStore) -> None:
     assert store.node(1, 0) == merkle.node_hash(store.node(0, 0), store.node(0, 1))
 
 
-def test_nothing_new_reuses_the_latest_checkpoint(store: SQLiteLogStore) -> None:
+def test_nothing_new_reuses_the_latest_checkpoint(store: LogBackend) -> None:
     first = grow(store, [2])[0]
     store.integrate()
     assert store.publish(origin=ORIGIN, signers=SIGNERS) == first
@@ -87,14 +90,14 @@ def test_nothing_new_reuses_the_latest_checkpoint(store: SQLiteLogStore) -> None
     assert list(store.checkpoints()) == [first, again]
 
 
-def test_empty_log_publishes_the_empty_tree(store: SQLiteLogStore) -> None:
+def test_empty_log_publishes_the_empty_tree(store: LogBackend) -> None:
     assert store.integrate() == (0, merkle.EMPTY_ROOT)
     assert checkpoint_of(store.publish(origin=ORIGIN, signers=SIGNERS)).size == 0
     assert verify_log(store, origin=ORIGIN, verifiers=VERIFIERS).checkpoints == 1
 
 
 def test_incremental_integration_stores_exactly_the_complete_subtrees(
-    store: SQLiteLogStore,
+    store: LogBackend,
 ) -> None:
     sizes = [1, 1, 2, 3, 5, 8, 13, 1, 30, 64, 2]
     grow(store, sizes)
@@ -111,7 +114,7 @@ def test_incremental_integration_stores_exactly_the_complete_subtrees(
     assert {(lv, i): h for lv, i, h in store.node_rows()} == expected
 
 
-def test_store_proofs_verify_against_published_checkpoints(store: SQLiteLogStore) -> None:
+def test_store_proofs_verify_against_published_checkpoints(store: LogBackend) -> None:
     checkpoints = [checkpoint_of(n) for n in grow(store, [1, 4, 3, 9, 1, 16, 7])]
     for cp in checkpoints:
         for index in {0, cp.size // 2, cp.size - 1}:
@@ -134,7 +137,7 @@ def test_store_proofs_verify_against_published_checkpoints(store: SQLiteLogStore
                 )
 
 
-def test_out_of_range_requests_are_input_errors(store: SQLiteLogStore) -> None:
+def test_out_of_range_requests_are_input_errors(store: LogBackend) -> None:
     grow(store, [5])
     store.sequence([entry(5)])  # sequenced, not yet integrated
     for call in (
@@ -153,14 +156,15 @@ def test_out_of_range_requests_are_input_errors(store: SQLiteLogStore) -> None:
     assert store.entry(5) == entry(5)
 
 
-def test_reopening_preserves_everything(path: Path) -> None:
-    with SQLiteLogStore.open(path) as first:
+def test_reopening_preserves_everything(log_db: LogDatabase) -> None:
+    with log_db.open() as first:
         notes = grow(first, [3, 4])
         first.sequence([entry(7)])
         proof = first.inclusion_proof(2, 7)
-    with SQLiteLogStore.open(path) as again:
+    with log_db.open() as again:
         assert (again.size(), again.sequenced_size()) == (7, 8)
         assert list(again.checkpoints()) == notes
+        assert [n for n, _, _ in again.checkpoint_rows()] == [1, 2]
         assert again.latest_checkpoint() == notes[-1]
         assert again.inclusion_proof(2, 7) == proof
         assert again.integrate()[0] == 8
@@ -169,13 +173,52 @@ def test_reopening_preserves_everything(path: Path) -> None:
         assert (report.entries, report.tree_size, report.checkpoints) == (8, 8, 2)
 
 
-def test_database_is_durable_by_configuration(store: SQLiteLogStore, path: Path) -> None:
-    with sqlite3.connect(path) as raw:
-        assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert store._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+def test_two_connections_to_one_log_take_turns(log_db: LogDatabase) -> None:
+    # Two store objects are two connections (as two processes would have): each phase is
+    # serialized by the database's own lock, so indices never collide.
+    with log_db.open() as one, log_db.open() as two:
+        results: list[list[int]] = []
+
+        def worker(store: LogBackend, n: int) -> None:
+            for i in range(20):
+                results.append(store.sequence([entry(100 * n + i)] * 3))
+                store.integrate()
+
+        threads = [threading.Thread(target=worker, args=(s, n)) for n, s in enumerate([one, two])]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert sorted(i for batch in results for i in batch) == list(range(120))
+        grow(one, [1])
+        grow(two, [1])
+        assert verify_log(two, origin=ORIGIN, verifiers=VERIFIERS).tree_size == 122
 
 
-def test_entry_limits(store: SQLiteLogStore) -> None:
+def test_sqlite_is_durable_by_configuration(path: Path) -> None:
+    with SQLiteLogStore.open(path) as store:
+        with sqlite3.connect(path) as raw:
+            assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert store._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+
+
+def test_postgres_is_durable_by_configuration(postgres_server: PostgresServer) -> None:
+    from qward.tlog.pg_store import PostgresLogStore
+
+    with PostgresLogStore.open(postgres_server.dsn()) as store:
+        settings = {
+            name: store._rows(f"SHOW {name}")[0][0]
+            for name in ("fsync", "synchronous_commit", "transaction_isolation")
+        }
+        assert settings == {
+            "fsync": "on",
+            "synchronous_commit": "on",
+            "transaction_isolation": "read committed",
+        }
+        store._run("DROP TABLE entries, nodes, checkpoints, meta")
+
+
+def test_entry_limits(store: LogBackend) -> None:
     assert store.sequence([b"x" * MAX_ENTRY_BYTES]) == [0]
     with pytest.raises(AuditError, match="refused"):
         store.sequence([b"ok", b"x" * (MAX_ENTRY_BYTES + 1)])
@@ -188,15 +231,11 @@ def test_entry_limits(store: SQLiteLogStore) -> None:
     ("table", "phase"),
     [("entries", "sequencing"), ("nodes", "integrating"), ("checkpoints", "publishing")],
 )
-def test_sqlite_failures_fail_closed(path: Path, table: str, phase: str) -> None:
-    with SQLiteLogStore.open(path) as store:
+def test_database_failures_fail_closed(log_db: LogDatabase, table: str, phase: str) -> None:
+    with log_db.open() as store:
         grow(store, [1])
         store.sequence([entry(1)])
-        with sqlite3.connect(path) as raw:
-            raw.execute(
-                f"CREATE TRIGGER fail BEFORE INSERT ON {table} "
-                "BEGIN SELECT RAISE(ABORT, 'disk full'); END"
-            )
+        log_db.fail_inserts(table, "disk full")
         with pytest.raises(AuditError, match=f"{phase}.*disk full"):
             store.sequence([entry(2)])
             store.integrate()
@@ -207,8 +246,8 @@ def test_sqlite_failures_fail_closed(path: Path, table: str, phase: str) -> None
         assert len(list(store.checkpoints())) == 1
 
 
-def test_a_closed_store_raises_audit_error(path: Path) -> None:
-    store = SQLiteLogStore.open(path)
+def test_a_closed_store_raises_audit_error(log_db: LogDatabase) -> None:
+    store = log_db.open()
     store.close()
     with pytest.raises(AuditError, match="sequencing"):
         store.sequence([entry(0)])
@@ -223,18 +262,23 @@ def test_opening_garbage_is_an_audit_error(tmp_path: Path) -> None:
         SQLiteLogStore.open(tmp_path / "missing-dir" / "log.sqlite")
 
 
-def test_publish_refuses_another_origin(store: SQLiteLogStore) -> None:
+def test_an_unreachable_postgres_is_an_audit_error(tmp_path: Path) -> None:
+    pg_store = pytest.importorskip("qward.tlog.pg_store")
+    with pytest.raises(AuditError, match="opening the PostgreSQL log failed"):
+        pg_store.PostgresLogStore.open(f"host={tmp_path} port=5432 connect_timeout=2")
+
+
+def test_publish_refuses_another_origin(store: LogBackend) -> None:
     grow(store, [2])
     with pytest.raises(AuditError, match="holds checkpoints"):
         store.publish(origin="other.example/log", signers=SIGNERS)
 
 
 def test_publish_refuses_to_sign_a_tree_inconsistent_with_its_past(
-    store: SQLiteLogStore, path: Path
+    store: LogBackend, log_db: LogDatabase
 ) -> None:
     grow(store, [4])
-    with sqlite3.connect(path) as raw:
-        raw.execute("UPDATE nodes SET hash = ? WHERE level = 2 AND idx = 0", (bytes(32),))
+    log_db.execute("UPDATE nodes SET hash = ? WHERE level = 2 AND idx = 0", bytes(32))
     store.sequence([entry(4)])
     store.integrate()
     with pytest.raises(AuditError, match="inconsistent with the published checkpoint at size 4"):
@@ -242,7 +286,7 @@ def test_publish_refuses_to_sign_a_tree_inconsistent_with_its_past(
     assert len(list(store.checkpoints())) == 1
 
 
-def test_concurrent_sequencing_assigns_unique_consecutive_indices(store: SQLiteLogStore) -> None:
+def test_concurrent_sequencing_assigns_unique_consecutive_indices(store: LogBackend) -> None:
     results: list[list[int]] = []
 
     def worker(n: int) -> None:

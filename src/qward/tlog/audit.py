@@ -3,6 +3,11 @@
 The audit rebuilds the Merkle tree from the raw entries, so a changed entry, leaf hash, node row or
 checkpoint is caught even if the attacker rewrote every derived row to match: the signed
 checkpoints pin the roots, and the roots are recomputed here from the entries alone.
+
+It streams: each stored node is checked against the hash of its two children, read back level by
+level, so by induction from the leaves every stored node equals the recomputed one, and memory
+stays at a few read batches however large the log is. Checkpoint roots and proofs are then
+computed from those verified nodes.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
+from qward.encoding import b64decode
 from qward.errors import (
     FormatError,
     InputError,
@@ -20,13 +26,11 @@ from qward.errors import (
     VerificationError,
 )
 from qward.tlog import merkle
+from qward.tlog.backend import LogBackend, signer_ids
 from qward.tlog.checkpoint import Checkpoint
 from qward.tlog.note import NoteVerifier, open_note
-from qward.tlog.store import SQLiteLogStore
 
 __all__ = ["LogAuditReport", "verify_log"]
-
-_H = merkle.HASH_SIZE
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -39,64 +43,67 @@ class LogAuditReport:
     seconds: float
 
 
-class _RecomputedTree:
-    """Every perfect-subtree hash of a tree, rebuilt from leaf hashes; one flat buffer per level."""
-
-    def __init__(self, leaf_hashes: bytes) -> None:
-        self.levels = [leaf_hashes]
-        while len(self.levels[-1]) >= 2 * _H:
-            below = self.levels[-1]
-            self.levels.append(
-                b"".join(
-                    merkle.node_hash(below[i : i + _H], below[i + _H : i + 2 * _H])
-                    for i in range(0, len(below) - _H, 2 * _H)
-                )
-            )
-
-    @property
-    def size(self) -> int:
-        return len(self.levels[0]) // _H
-
-    def node(self, level: int, index: int) -> bytes:
-        return self.levels[level][index * _H : (index + 1) * _H]
-
-    def node_keys(self) -> Iterator[tuple[int, int]]:
-        """(level, index) of every node of level 1 and up, in the store's row order."""
-        for level in range(1, len(self.levels)):
-            for index in range(len(self.levels[level]) // _H):
-                yield level, index
-
-
-def _check_entries(store: SQLiteLogStore, tree_size: int) -> tuple[int, bytes]:
-    """Step 1: recompute each leaf hash from the entry bytes; returns (count, tree leaf hashes)."""
-    leaves = bytearray()
+def _check_entries(store: LogBackend, tree_size: int) -> int:
+    """Step 1: recompute each leaf hash from the entry bytes; returns the number of entries."""
     count = 0
     for index, entry, stored in store.entries_with_leaf_hashes():
+        if index < count:
+            raise VerificationError(f"log entry {index} is outside the log")
         if index != count:
             raise VerificationError(f"log entry {count} is missing (next stored index {index})")
-        computed = merkle.leaf_hash(entry)
-        if computed != stored:
+        if merkle.leaf_hash(entry) != stored:
             raise VerificationError(f"log entry {index}: bytes do not match the stored leaf hash")
-        if index < tree_size:
-            leaves += computed
         count += 1
     if count < tree_size:
         raise VerificationError(f"log has {count} entries but claims a tree of size {tree_size}")
-    return count, bytes(leaves)
+    return count
 
 
-def _check_nodes(store: SQLiteLogStore, tree: _RecomputedTree) -> None:
-    """Step 2: every stored node row equals the recomputed node, and none is missing or extra."""
-    expected = tree.node_keys()
-    for level, index, stored in store.node_rows():
-        want = next(expected, None)
-        if want is not None and want < (level, index):
+def _next_expected(size: int, level: int, index: int) -> tuple[int, int] | None:
+    """The first node of the tree of ``size`` at or after (level, index) in row order."""
+    while size >> level:
+        if index < size >> level:
+            return level, index
+        level, index = level + 1, 0
+    return None
+
+
+class _Children:
+    """The stored nodes one level down, read in step with the parents being checked."""
+
+    def __init__(self, store: LogBackend, level: int) -> None:
+        self._level = level - 1
+        self._rows: Iterator[tuple[int, bytes]] = store.level_rows(level - 1)
+
+    def pair(self, parent: int) -> tuple[bytes, bytes]:
+        # The level below was checked complete before this one is read, so its rows come in order.
+        found = []
+        for want in (2 * parent, 2 * parent + 1):
+            index, value = next(self._rows, (None, b""))
+            if index != want:
+                raise VerificationError(f"log node {(self._level, want)} is missing")
+            found.append(value)
+        return found[0], found[1]
+
+
+def _check_nodes(store: LogBackend, size: int) -> None:
+    """Step 2: every stored node row is the hash of its children; none is missing or extra."""
+    level, index = 1, 0
+    children: _Children | None = None
+    for row_level, row_index, stored in store.node_rows():
+        want = _next_expected(size, level, index)
+        if want is not None and want < (row_level, row_index):
             raise VerificationError(f"log node {want} is missing")
-        if want != (level, index):
-            raise VerificationError(f"log node {(level, index)} is outside the tree")
-        if tree.node(level, index) != stored:
-            raise VerificationError(f"log node {(level, index)} differs from the recomputed tree")
-    missing = next(expected, None)
+        if want != (row_level, row_index):
+            raise VerificationError(f"log node {(row_level, row_index)} is outside the tree")
+        if children is None or row_level != level:
+            children = _Children(store, row_level)
+        if merkle.node_hash(*children.pair(row_index)) != stored:
+            raise VerificationError(
+                f"log node {(row_level, row_index)} differs from the recomputed tree"
+            )
+        level, index = row_level, row_index + 1
+    missing = _next_expected(size, level, index)
     if missing is not None:
         raise VerificationError(f"log node {missing} is missing")
 
@@ -114,36 +121,58 @@ def _open_checkpoint(
     return checkpoint
 
 
+def _check_signer_ids(
+    note: bytes, stored: str, number: int, verifiers: Sequence[NoteVerifier]
+) -> None:
+    """The row's signer list names exactly the trusted keys that signed, in signature order."""
+    # ``open_note`` has already parsed this note strictly, so its signature lines are well formed.
+    trusted = {(v.name, v.key_id): v for v in verifiers}
+    signed = []
+    for line in note[note.rfind(b"\n\n") + 2 :].decode("utf-8").splitlines():
+        name, encoded = line.split(" ")[1:]
+        key = trusted.get((name, b64decode(encoded, what="note signature")[:4]))
+        if key is None:
+            raise VerificationError(f"checkpoint #{number} carries a signature by unknown {name!r}")
+        signed.append(key)
+    if signer_ids(signed) != stored:
+        raise VerificationError(f"checkpoint #{number}: its stored signer list was changed")
+
+
 def _check_checkpoints(
-    store: SQLiteLogStore,
-    tree: _RecomputedTree,
-    *,
-    origin: str,
-    verifiers: Sequence[NoteVerifier],
+    store: LogBackend, size: int, *, origin: str, verifiers: Sequence[NoteVerifier]
 ) -> int:
-    """Step 3: signatures, roots against the recomputed tree, and consistency of successors."""
+    """Step 3: signatures, roots against the verified tree, consistency, and dense numbering."""
     previous: tuple[bytes, Checkpoint] | None = None
-    count = 0
-    for count, note in enumerate(store.checkpoints(), start=1):
+    count, renumbered = 0, None
+    for count, (number, ids, note) in enumerate(store.checkpoint_rows(), start=1):
         checkpoint = _open_checkpoint(note, count, origin=origin, verifiers=verifiers)
-        size = checkpoint.size
-        if size > tree.size:
-            raise VerificationError(f"checkpoint at size {size} is beyond the tree ({tree.size})")
-        if merkle.root_from_node_getter(size, tree.node) != checkpoint.root_hash:
-            raise ProofError(f"checkpoint at size {size}: root differs from the recomputed tree")
+        _check_signer_ids(note, ids, count, verifiers)
+        if checkpoint.size > size:
+            raise VerificationError(
+                f"checkpoint at size {checkpoint.size} is beyond the tree ({size})"
+            )
+        if merkle.root_from_node_getter(checkpoint.size, store.node) != checkpoint.root_hash:
+            raise ProofError(
+                f"checkpoint at size {checkpoint.size}: root differs from the recomputed tree"
+            )
         if previous is not None:
-            _check_consistent(previous, (note, checkpoint), tree)
+            _check_consistent(previous, (note, checkpoint), store)
         previous = (note, checkpoint)
+        if number != count and renumbered is None:
+            renumbered = f"checkpoint #{count} is stored as number {number}"
+    # A gap means a checkpoint row was deleted; reported last, so that a reordering shows as such.
+    if renumbered is not None:
+        raise VerificationError(f"checkpoint numbers are not dense: {renumbered}")
     return count
 
 
 def _check_consistent(
-    older: tuple[bytes, Checkpoint], newer: tuple[bytes, Checkpoint], tree: _RecomputedTree
+    older: tuple[bytes, Checkpoint], newer: tuple[bytes, Checkpoint], store: LogBackend
 ) -> None:
     old, new = older[1], newer[1]
     if old.size > new.size:
         raise VerificationError(f"checkpoint at size {new.size} follows one at size {old.size}")
-    proof = merkle.consistency_proof(old.size, new.size, tree.node)
+    proof = merkle.consistency_proof(old.size, new.size, store.node)
     try:
         merkle.verify_consistency(
             old_size=old.size,
@@ -162,7 +191,7 @@ def _check_consistent(
 
 
 def verify_log(
-    store: SQLiteLogStore,
+    store: LogBackend,
     *,
     origin: str,
     verifiers: Sequence[NoteVerifier],
@@ -171,19 +200,22 @@ def verify_log(
     """Audit the whole log in ``store``; raise a ``VerificationError`` naming the first fault.
 
     1. Recompute every leaf hash from the stored entry bytes and compare it with the stored one;
-       rebuild the whole tree from those leaf hashes alone.
-    2. Compare every stored node row with the rebuilt tree (none missing, none extra).
-    3. Open every stored checkpoint with all ``verifiers`` required, check its origin, check its
-       root against the rebuilt tree at its size, and verify an RFC 9162 consistency proof from
-       the rebuilt tree between each checkpoint and the next.
+       the entries must be numbered 0, 1, ... without gaps and cover the integrated tree.
+    2. Check every stored node row, level by level, against the hash of its two children (the
+       verified leaf hashes for level 1), so that every stored node equals the tree recomputed
+       from the entries; none may be missing and none may lie outside the integrated tree.
+    3. Open every stored checkpoint with all ``verifiers`` required, check its origin and its
+       signer list, check its root against the verified tree at its size, verify an RFC 9162
+       consistency proof between each checkpoint and the next, and require the checkpoints to be
+       numbered 1, 2, ... without gaps.
     """
     if not verifiers:
         raise InputError("a log audit needs at least one trusted log key")
     started = clock()
-    entries, leaves = _check_entries(store, store.size())
-    tree = _RecomputedTree(leaves)
-    _check_nodes(store, tree)
-    checkpoints = _check_checkpoints(store, tree, origin=origin, verifiers=verifiers)
+    size = store.size()
+    entries = _check_entries(store, size)
+    _check_nodes(store, size)
+    checkpoints = _check_checkpoints(store, size, origin=origin, verifiers=verifiers)
     return LogAuditReport(
-        entries=entries, tree_size=tree.size, checkpoints=checkpoints, seconds=clock() - started
+        entries=entries, tree_size=size, checkpoints=checkpoints, seconds=clock() - started
     )

@@ -1,0 +1,273 @@
+"""Group commit for the transparency log: many writers, one fsync per batch, a checkpoint a second.
+
+``Sequencer`` stands in front of a ``LogBackend``. Any number of threads call ``add`` or
+``add_many`` and get a ``Future``; one background thread loops:
+
+1. Take the pending entries: everything queued, waiting up to ``max_delay`` for more while fewer
+   than ``max_batch`` are queued. An ``add_many`` group is never split.
+2. Sequence them with one ``store.sequence`` call (one transaction, one fsync), and only after it
+   commits resolve their futures with their indices. A resolved future is the acknowledgement: the
+   entry is durable, and an entry whose future did not resolve was never promised.
+3. When entries were acknowledged that no checkpoint covers yet, and ``checkpoint_interval`` has
+   passed since the last checkpoint began, integrate and publish, so that a checkpoint covers an
+   entry within about that interval plus the time to integrate and sign.
+
+It fails closed: the first failure of the store, of the signers or of the ``on_publish`` callback
+fails every waiting future with ``AuditError``, and every later call raises it; a new
+``Sequencer`` over a reopened store resumes, integrating whatever was sequenced before. ``close``
+drains the queue, publishes a final checkpoint covering every acknowledged entry, and stops.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, InvalidStateError
+from contextlib import suppress
+from types import TracebackType
+from typing import Any
+
+from qward.errors import AuditError, InputError
+from qward.tlog.backend import LogBackend, check_entries, note_checkpoint
+from qward.tlog.note import NoteSigner
+
+__all__ = ["Sequencer"]
+
+# One queued request: a single entry (resolved with its index) or a group (with its indices).
+_Request = tuple["Future[Any]", bytes | list[bytes]]
+
+
+def _as_audit_error(exc: BaseException) -> AuditError:
+    if isinstance(exc, AuditError):
+        return exc
+    return AuditError(f"transparency log sequencer failed: {type(exc).__name__}: {exc}")
+
+
+class Sequencer:
+    """Batches concurrent appends into one durable transaction each; publishes checkpoints."""
+
+    def __init__(
+        self,
+        *,
+        store: LogBackend,
+        origin: str,
+        signers: Sequence[NoteSigner],
+        max_batch: int = 8192,
+        max_delay: float = 0.0,
+        checkpoint_interval: float = 0.5,
+        on_publish: Callable[[bytes], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if max_batch < 1 or max_delay < 0 or checkpoint_interval < 0:
+            raise InputError("sequencer: max_batch >= 1, max_delay >= 0, checkpoint_interval >= 0")
+        if not signers:
+            raise InputError("sequencer: a log needs at least one checkpoint signer")
+        self._store = store
+        self._origin = origin
+        self._signers = tuple(signers)
+        self._max_batch = max_batch
+        self._max_delay = max_delay
+        self._interval = checkpoint_interval
+        self._on_publish = on_publish
+        self._clock = clock
+        # ``_queue`` guards the pending requests, the closing flag and the failure.
+        self._queue = threading.Condition()
+        self._pending: deque[_Request] = deque()
+        self._queued = 0
+        self._idle = False
+        self._closing = False
+        self._error: AuditError | None = None
+        # ``_published`` guards the latest checkpoint, for ``wait_for_checkpoint``.
+        self._published = threading.Condition()
+        self._published_size = 0
+        self._latest: bytes | None = None
+        # Only the loop thread touches these.
+        self._acknowledged = 0
+        self._last_checkpoint = float("-inf")
+        self._thread = threading.Thread(target=self._run, name="qward-log-sequencer", daemon=True)
+        self._thread.start()
+
+    # -- the writers' side -------------------------------------------------------------------
+
+    def add(self, entry: bytes) -> Future[int]:
+        """Queue ``entry``; the future resolves to its index once it is durably sequenced."""
+        check_entries([entry])
+        future: Future[int] = Future()
+        self._enqueue(future, entry, 1)
+        return future
+
+    def add_many(self, entries: Sequence[bytes]) -> Future[list[int]]:
+        """Queue ``entries`` as one group with consecutive indices, acknowledged together."""
+        group = list(entries)
+        check_entries(group)
+        future: Future[list[int]] = Future()
+        if not group:
+            future.set_result([])
+            return future
+        self._enqueue(future, group, len(group))
+        return future
+
+    def _enqueue(self, future: Future[Any], item: bytes | list[bytes], count: int) -> None:
+        with self._queue:
+            if self._error is not None:
+                raise self._error
+            if self._closing:
+                raise AuditError("transparency log sequencer is closed")
+            self._pending.append((future, item))
+            self._queued += count
+            # The loop only needs waking when it sleeps for lack of work or its batch is full.
+            if self._idle or self._queued >= self._max_batch:
+                self._queue.notify()
+
+    def wait_for_checkpoint(self, index: int, timeout: float | None = None) -> bytes:
+        """Block until a published checkpoint covers entry ``index``; returns that note."""
+        with self._published:
+            covered = self._published.wait_for(
+                lambda: self._published_size > index or self._error is not None, timeout
+            )
+            if self._error is not None:
+                raise self._error
+            if not covered or self._latest is None:
+                raise AuditError(f"no checkpoint covers log entry {index} after {timeout} s")
+            return self._latest
+
+    @property
+    def latest_checkpoint(self) -> bytes | None:
+        """The last checkpoint this sequencer published, if any."""
+        with self._published:
+            return self._latest
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        batch: list[_Request] = []
+        try:
+            self._acknowledged = self._store.sequenced_size()
+            latest = self._store.latest_checkpoint()
+            with self._published:
+                self._published_size = 0 if latest is None else note_checkpoint(latest).size
+                self._latest = latest
+            while True:
+                batch = self._take()
+                if batch:
+                    self._sequence(batch)
+                if self._checkpoint_due():
+                    self._checkpoint()
+                with self._queue:
+                    if self._closing and not self._pending:
+                        return
+        except BaseException as exc:
+            # Every failure, whatever its type, must reach the waiters: the log fails closed.
+            self._fail(exc, batch)
+
+    def _until_checkpoint(self) -> float | None:
+        """Seconds until a checkpoint is due, or None if every acknowledged entry is covered."""
+        if self._acknowledged <= self._published_size:
+            return None
+        return max(0.0, self._last_checkpoint + self._interval - self._clock())
+
+    def _take(self) -> list[_Request]:
+        with self._queue:
+            while not self._pending and not self._closing:
+                timeout = self._until_checkpoint()
+                if timeout == 0:
+                    return []
+                self._idle = True
+                self._queue.wait(timeout)
+                self._idle = False
+            if self._max_delay and not self._closing and self._queued < self._max_batch:
+                self._queue.wait(self._max_delay)
+            batch: list[_Request] = []
+            taken = 0
+            while self._pending and (not batch or taken < self._max_batch):
+                future, item = self._pending[0]
+                size = 1 if isinstance(item, bytes) else len(item)
+                if batch and taken + size > self._max_batch:
+                    break
+                self._pending.popleft()
+                self._queued -= size
+                # After this, a caller's ``cancel`` fails, so the result can always be set.
+                if future.set_running_or_notify_cancel():
+                    batch.append((future, item))
+                    taken += size
+            return batch
+
+    def _sequence(self, batch: list[_Request]) -> None:
+        entries: list[bytes] = []
+        for _, item in batch:
+            if isinstance(item, bytes):
+                entries.append(item)
+            else:
+                entries.extend(item)
+        if not entries:
+            return
+        indices = self._store.sequence(entries)
+        if len(indices) != len(entries):
+            raise AuditError("transparency log: the store acknowledged a different entry count")
+        self._acknowledged = indices[-1] + 1
+        position = 0
+        for future, item in batch:
+            if isinstance(item, bytes):
+                future.set_result(indices[position])
+                position += 1
+            else:
+                future.set_result(indices[position : position + len(item)])
+                position += len(item)
+
+    def _checkpoint_due(self) -> bool:
+        until = self._until_checkpoint()
+        if until is None:
+            return False
+        with self._queue:
+            return until == 0 or (self._closing and not self._pending)
+
+    def _checkpoint(self) -> None:
+        self._last_checkpoint = self._clock()
+        self._store.integrate()
+        note = self._store.publish(origin=self._origin, signers=self._signers)
+        with self._published:
+            self._published_size = note_checkpoint(note).size
+            self._latest = note
+            self._published.notify_all()
+        if self._on_publish is not None:
+            self._on_publish(note)
+
+    def _fail(self, exc: BaseException, batch: list[_Request]) -> None:
+        error = _as_audit_error(exc)
+        with self._queue:
+            self._error = error
+            waiting = [*batch, *self._pending]
+            self._pending.clear()
+            self._queued = 0
+        for future, _ in waiting:
+            # A future already acknowledged, or cancelled by its caller, keeps its state.
+            with suppress(InvalidStateError):
+                future.set_exception(error)
+        with self._published:
+            self._published.notify_all()
+
+    # -- lifetime ----------------------------------------------------------------------------
+
+    def close(self, timeout: float | None = None) -> None:
+        """Sequence everything queued, publish a final checkpoint, stop; raise if it failed."""
+        with self._queue:
+            self._closing = True
+            self._queue.notify()
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            raise AuditError(f"transparency log sequencer did not stop within {timeout} s")
+        if self._error is not None:
+            raise self._error
+
+    def __enter__(self) -> Sequencer:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()

@@ -1,0 +1,351 @@
+"""The log's three phases, proofs and reads in portable SQL, over a small driver interface.
+
+``SQLLogStore`` is everything the SQLite and PostgreSQL stores share: the phase logic, proof
+serving and the batched reads the audit streams through. A driver subclass supplies four
+primitives (run a statement, run one statement for many rows, fetch rows, and one serialized write
+transaction that rolls back if its body raises) and the exception types its library raises.
+Statements are written with ``?`` placeholders; a driver rewrites them if its library wants another
+style.
+
+Tables: ``entries`` (index, entry bytes, leaf hash), ``nodes`` (level >= 1, index, hash of the
+perfect subtree of ``2**level`` leaves at ``index * 2**level``, as in tlog tiles), ``checkpoints``
+(number from 1 without gaps, signer ids, signed note) and ``meta`` (schema version, integrated
+size). Every database failure surfaces as ``AuditError`` naming what failed: the log fails closed.
+"""
+
+from __future__ import annotations
+
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from types import TracebackType
+from typing import Any, ClassVar, Self
+
+from qward.errors import AuditError, InputError, ProofError
+from qward.tlog import merkle
+from qward.tlog.backend import check_entries, note_checkpoint, signer_ids
+from qward.tlog.checkpoint import Checkpoint
+from qward.tlog.note import NoteSigner, sign_note
+
+__all__ = ["SCHEMA_VERSION", "SQLLogStore"]
+
+SCHEMA_VERSION = 1
+_BATCH = 512
+
+Row = tuple[Any, ...]
+
+
+class SQLLogStore(ABC):
+    """A transparency log in SQL tables; subclasses bind it to one database driver."""
+
+    #: The exceptions of the driver library that mean the database failed.
+    driver_errors: ClassVar[tuple[type[Exception], ...]] = ()
+
+    def __init__(self) -> None:
+        # One lock per store object: a driver connection is not safe for interleaved use, and the
+        # read-compute-write phases must not interleave with each other within this process.
+        self._lock = threading.RLock()
+
+    # -- driver primitives -------------------------------------------------------------------
+
+    @abstractmethod
+    def _rows(self, sql: str, params: Sequence[object] = ()) -> list[Row]:
+        """Every row ``sql`` returns."""
+
+    @abstractmethod
+    def _run(self, sql: str, params: Sequence[object] = ()) -> None:
+        """Execute one statement."""
+
+    @abstractmethod
+    def _insert(
+        self, table: str, columns: tuple[str, ...], rows: Sequence[Sequence[object]]
+    ) -> None:
+        """Insert ``rows`` of ``columns`` into ``table``, as fast as the driver can."""
+
+    @abstractmethod
+    def _write(self) -> AbstractContextManager[None]:
+        """One write transaction, serialized against every other writer of this log."""
+
+    @abstractmethod
+    def _close(self) -> None:
+        """Close the connection."""
+
+    # -- plumbing ----------------------------------------------------------------------------
+
+    @contextmanager
+    def _guard(self, what: str) -> Iterator[None]:
+        """Hold the lock and turn database failures into ``AuditError`` naming ``what``."""
+        with self._lock:
+            try:
+                yield
+            except self.driver_errors as exc:
+                raise AuditError(f"transparency log: {what} failed: {exc}") from None
+
+    @contextmanager
+    def _transaction(self, what: str) -> Iterator[None]:
+        with self._guard(what), self._write():
+            yield
+
+    def _one(self, sql: str, params: Sequence[object] = ()) -> Row | None:
+        rows = self._rows(sql, params)
+        return rows[0] if rows else None
+
+    def _meta(self, key: str) -> int:
+        row = self._one("SELECT value FROM meta WHERE key = ?", (key,))
+        if row is None:
+            raise AuditError(f"transparency log: metadata {key!r} is missing")
+        return int(row[0])
+
+    def _sequenced(self) -> int:
+        row = self._one("SELECT COALESCE(MAX(idx) + 1, 0) FROM entries")
+        return 0 if row is None else int(row[0])
+
+    def _stored_node(self, level: int, index: int) -> bytes:
+        if level == 0:
+            found = self._one("SELECT leaf_hash FROM entries WHERE idx = ?", (index,))
+        else:
+            found = self._one("SELECT hash FROM nodes WHERE level = ? AND idx = ?", (level, index))
+        if found is None:
+            raise AuditError(f"transparency log: node ({level}, {index}) is missing")
+        return bytes(found[0])
+
+    # -- the three phases --------------------------------------------------------------------
+
+    def sequence(self, entries: Sequence[bytes]) -> list[int]:
+        """Durably append ``entries``; returns their indices once they are committed."""
+        check_entries(entries)
+        if not entries:
+            return []
+        rows = [(e, merkle.leaf_hash(e)) for e in entries]
+        with self._transaction(f"sequencing {len(entries)} entries"):
+            first = self._sequenced()
+            self._insert(
+                "entries",
+                ("idx", "data", "leaf_hash"),
+                [(first + i, e, h) for i, (e, h) in enumerate(rows)],
+            )
+        return list(range(first, first + len(entries)))
+
+    def integrate(self) -> tuple[int, bytes]:
+        """Store the subtree hashes the newly sequenced leaves complete; returns (size, root)."""
+        with self._transaction("integrating sequenced entries"):
+            old, new = self._meta("integrated_size"), self._sequenced()
+            if old > new:
+                raise AuditError(f"transparency log: integrated size {old} exceeds {new} entries")
+            if new > old:
+                rows = self._new_nodes(old, new)
+                self._insert("nodes", ("level", "idx", "hash"), rows)
+                self._run("UPDATE meta SET value = ? WHERE key = 'integrated_size'", (new,))
+            root = merkle.root_from_node_getter(new, self._stored_node)
+        return new, root
+
+    def _new_nodes(self, old: int, new: int) -> list[tuple[int, int, bytes]]:
+        """Every perfect subtree that is complete at size ``new`` but was not at size ``old``.
+
+        ``below[k]`` is node ``(level - 1, low + k)``. Level 0 starts at the even index at or
+        below ``old``, so the first new parent finds its left child among the loaded leaves; on a
+        higher level that left child may be older than this batch, and is then read from storage.
+        """
+        low = old & ~1
+        below = [
+            bytes(h)
+            for (h,) in self._rows(
+                "SELECT leaf_hash FROM entries WHERE idx >= ? AND idx < ? ORDER BY idx", (low, new)
+            )
+        ]
+        if len(below) != new - low:
+            raise AuditError(f"transparency log: entries {low}..{new - 1} are not all present")
+        rows: list[tuple[int, int, bytes]] = []
+        level = 1
+        while (new >> level) > (old >> level):
+            first, end = old >> level, new >> level
+            if 2 * first < low:
+                below.insert(0, self._stored_node(level - 1, 2 * first))
+                low = 2 * first
+            skip = 2 * first - low
+            current = [
+                merkle.node_hash(below[skip + 2 * k], below[skip + 2 * k + 1])
+                for k in range(end - first)
+            ]
+            rows.extend((level, first + k, value) for k, value in enumerate(current))
+            below, low, level = current, first, level + 1
+        return rows
+
+    def publish(self, *, origin: str, signers: Sequence[NoteSigner]) -> bytes:
+        """Sign and store a checkpoint for the integrated tree; returns the signed note.
+
+        1. Compute the root of the integrated tree from the stored nodes.
+        2. If a checkpoint was published before, check it is for the same origin and that the
+           tree still has its root at its size and extends it (a log MUST NOT sign a checkpoint
+           inconsistent with one it signed before, c2sp.org/tlog-checkpoint "Signatures").
+        3. If that checkpoint already covers this tree with these signers, return it unchanged.
+        4. Otherwise sign a new checkpoint, store it under the next number, and return it.
+        """
+        ids = signer_ids(signers)
+        with self._transaction(f"publishing a checkpoint for {origin!r}"):
+            size = self._meta("integrated_size")
+            root = merkle.root_from_node_getter(size, self._stored_node)
+            latest = self._one("SELECT signers, note FROM checkpoints ORDER BY seq DESC LIMIT 1")
+            if latest is not None:
+                previous = note_checkpoint(bytes(latest[1]))
+                self._check_extends(previous, origin=origin, size=size, root=root)
+                if previous.size == size and latest[0] == ids:
+                    return bytes(latest[1])
+            note = sign_note(
+                Checkpoint(origin=origin, size=size, root_hash=root).to_body(), signers
+            )
+            # Numbering from the maximum inside the serialized transaction keeps the numbers
+            # dense on every database, so the audit can tell a deleted checkpoint row.
+            self._run(
+                "INSERT INTO checkpoints (seq, signers, note) VALUES "
+                "((SELECT COALESCE(MAX(seq), 0) + 1 FROM checkpoints), ?, ?)",
+                (ids, note),
+            )
+        return note
+
+    def _check_extends(self, previous: Checkpoint, *, origin: str, size: int, root: bytes) -> None:
+        if previous.origin != origin:
+            raise AuditError(
+                f"transparency log: holds checkpoints for {previous.origin!r}, not {origin!r}"
+            )
+        try:
+            if previous.size > size:
+                raise ProofError(f"the tree is smaller than the published size {previous.size}")
+            merkle.verify_consistency(
+                old_size=previous.size,
+                new_size=size,
+                old_root=previous.root_hash,
+                new_root=root,
+                proof=merkle.consistency_proof(previous.size, size, self._stored_node),
+            )
+        except ProofError as exc:
+            raise AuditError(
+                f"transparency log: refusing to sign size {size}, inconsistent with the "
+                f"published checkpoint at size {previous.size}: {exc}"
+            ) from None
+
+    # -- reads -------------------------------------------------------------------------------
+
+    def size(self) -> int:
+        """The integrated tree size: the largest size proofs and checkpoints can cover."""
+        with self._guard("reading the tree size"):
+            return self._meta("integrated_size")
+
+    def sequenced_size(self) -> int:
+        """How many entries are durably sequenced (integrated or not)."""
+        with self._guard("reading the sequenced size"):
+            return self._sequenced()
+
+    def entry(self, index: int) -> bytes:
+        """The entry at ``index``."""
+        with self._guard(f"reading entry {index}"):
+            row = self._one("SELECT data FROM entries WHERE idx = ?", (index,))
+        if row is None:
+            raise InputError(f"the log has no entry {index}")
+        return bytes(row[0])
+
+    def node(self, level: int, index: int) -> bytes:
+        """Hash of the perfect subtree of ``2**level`` leaves at leaf ``index * 2**level``."""
+        with self._guard(f"reading node ({level}, {index})"):
+            if not (0 <= level < 64 and index >= 0 and (index + 1) << level <= self._size()):
+                raise InputError(f"node ({level}, {index}) is not in the integrated tree")
+            return self._stored_node(level, index)
+
+    def _size(self) -> int:
+        return self._meta("integrated_size")
+
+    def inclusion_proof(self, index: int, size: int) -> tuple[bytes, ...]:
+        """RFC 9162 inclusion proof of leaf ``index`` in the tree of ``size`` leaves."""
+        with self._guard(f"proving inclusion of {index} in {size}"):
+            if not 0 <= index < size <= self._size():
+                raise InputError(f"cannot prove leaf {index} in a tree of size {size}")
+            return merkle.inclusion_proof(index, size, self._stored_node)
+
+    def consistency_proof(self, old: int, new: int) -> tuple[bytes, ...]:
+        """RFC 9162 consistency proof from tree size ``old`` to ``new``."""
+        with self._guard(f"proving consistency of {old} with {new}"):
+            if not 0 <= old <= new <= self._size():
+                raise InputError(f"cannot prove size {old} consistent with size {new}")
+            return merkle.consistency_proof(old, new, self._stored_node)
+
+    def latest_checkpoint(self) -> bytes | None:
+        """The most recently published signed checkpoint, if any."""
+        with self._guard("reading the latest checkpoint"):
+            row = self._one("SELECT note FROM checkpoints ORDER BY seq DESC LIMIT 1")
+        return None if row is None else bytes(row[0])
+
+    def checkpoints(self) -> Iterator[bytes]:
+        """Every published signed checkpoint, oldest first."""
+        for _, _, note in self.checkpoint_rows():
+            yield note
+
+    def checkpoint_rows(self) -> Iterator[tuple[int, str, bytes]]:
+        """(number, signer ids, signed note) of every stored checkpoint, in number order."""
+        query = "SELECT seq, signers, note FROM checkpoints WHERE seq > ? ORDER BY seq LIMIT ?"
+        for number, ids, note in self._batches(query):
+            yield int(number), str(ids), bytes(note)
+
+    def entries_with_leaf_hashes(self) -> Iterator[tuple[int, bytes, bytes]]:
+        """(index, entry, stored leaf hash) for every sequenced entry, in index order."""
+        query = "SELECT idx, data, leaf_hash FROM entries WHERE idx > ? ORDER BY idx LIMIT ?"
+        for index, data, stored in self._batches(query):
+            yield int(index), bytes(data), bytes(stored)
+
+    def node_rows(self) -> Iterator[tuple[int, int, bytes]]:
+        """(level, index, hash) for every stored node row of level 1 and up, level by level."""
+        level = 0
+        while True:
+            with self._guard("reading node rows"):
+                found = self._one("SELECT MIN(level) FROM nodes WHERE level > ?", (level,))
+            if found is None or found[0] is None:
+                return
+            level = int(found[0])
+            for index, value in self.level_rows(level):
+                yield level, index, value
+
+    def level_rows(self, level: int) -> Iterator[tuple[int, bytes]]:
+        """(index, hash) of the stored nodes of one level in index order; 0 gives leaf hashes."""
+        if level == 0:
+            rows = self._batches(
+                "SELECT idx, leaf_hash FROM entries WHERE idx > ? ORDER BY idx LIMIT ?"
+            )
+        else:
+            rows = self._batches(
+                "SELECT idx, hash FROM nodes WHERE level = ? AND idx > ? ORDER BY idx LIMIT ?",
+                level,
+            )
+        for index, value in rows:
+            yield int(index), bytes(value)
+
+    def _batches(self, query: str, *params: object) -> Iterator[Row]:
+        """Rows of ``query`` in key order, a batch per lock hold.
+
+        ``query`` selects the ordering key first and ends in ``key > ? ORDER BY key LIMIT ?``.
+        """
+        last = -(2**63)
+        while True:
+            with self._guard("reading the log"):
+                rows = self._rows(query, (*params, last, _BATCH))
+            yield from rows
+            if len(rows) < _BATCH:
+                return
+            last = rows[-1][0]
+
+    # -- lifetime ----------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the database; further calls fail."""
+        with self._lock:
+            self._close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()

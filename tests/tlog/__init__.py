@@ -1,0 +1,1 @@
+"""Tests of qward.tlog; a package so that its conftest does not shadow the top-level one."""
