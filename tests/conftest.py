@@ -21,6 +21,10 @@ from qward.core_process import CoreProcess
 from qward.core_protocol import ModelInfo
 from qward.tensors import Tensor, tensors_from_json
 
+from postgres_server import postgres_server
+
+__all__ = ["postgres_server"]  # a session fixture, shared by every test directory
+
 
 def example_bytes(name: str) -> bytes:
     return resources.files("qward.examples").joinpath(name).read_bytes()

@@ -20,10 +20,10 @@ from qward.errors import FormatError, VerificationError
 from qward.receipts.entries import RECEIPT_ENTRY
 from qward.receipts.receipt import SIGNING_CONTEXT, check_body
 from qward.receipts.trust import TrustBundle
+from qward.tlog.backend import LogBackend
 from qward.tlog.checkpoint import Checkpoint
 from qward.tlog.merkle import leaf_hash, verify_inclusion
 from qward.tlog.note import open_note
-from qward.tlog.store import SQLiteLogStore
 
 __all__ = [
     "EVIDENCE_FORMAT",
@@ -52,7 +52,7 @@ class RunRecord:
     receipt_id: str
 
 
-def _runs(store: SQLiteLogStore) -> Iterator[tuple[int, bytes, dict[str, Any]]]:
+def _runs(store: LogBackend) -> Iterator[tuple[int, bytes, dict[str, Any]]]:
     for index, entry, _ in store.entries_with_leaf_hashes():
         if b'"type":"qward/receipt/v1"' not in entry:
             continue
@@ -62,7 +62,7 @@ def _runs(store: SQLiteLogStore) -> Iterator[tuple[int, bytes, dict[str, Any]]]:
 
 
 def query_runs(
-    store: SQLiteLogStore,
+    store: LogBackend,
     *,
     model: str | None = None,
     caller: str | None = None,
@@ -92,7 +92,7 @@ def query_runs(
     return records
 
 
-def export_evidence(store: SQLiteLogStore, trust: TrustBundle, indices: list[int]) -> bytes:
+def export_evidence(store: LogBackend, trust: TrustBundle, indices: list[int]) -> bytes:
     """An evidence bundle for the entries at ``indices``, proved against the latest checkpoint."""
     note = store.latest_checkpoint()
     if note is None:

@@ -22,21 +22,29 @@ from qward.errors import (
     InputError,
 )
 from qward.receipts.trust import TrustBundle
-from qward.tlog.store import SQLiteLogStore
+from qward.tlog.backend import LogBackend
+from qward.tlog.location import log_location, open_log_store
 
 __all__: list[str] = []
 
 
+LogDatabase = Annotated[
+    str | None,
+    typer.Option(
+        "--log-database",
+        envvar="QWARD_LOG_DATABASE",
+        help="postgresql:// URL of the log (default: the state directory's log.sqlite).",
+    ),
+]
+
+
 @log_app.command("verify")
-def _log_verify(state_dir: StateDir = DEFAULT_STATE) -> None:
+def _log_verify(state_dir: StateDir = DEFAULT_STATE, log_database: LogDatabase = None) -> None:
     """Recompute the whole log from its entries and check every checkpoint."""
     from qward.tlog.audit import verify_log
 
     trust = trust_bundle(state_dir, None)
-    path = state_dir / "log.sqlite"
-    if not path.exists():
-        raise InputError(f"no log at {path}")
-    store = SQLiteLogStore.open(path)
+    store = _open_log(state_dir, log_database)
     try:
         report = verify_log(store, origin=trust.origin, verifiers=trust.log_verifiers)
     finally:
@@ -47,11 +55,11 @@ def _log_verify(state_dir: StateDir = DEFAULT_STATE) -> None:
     )
 
 
-def _open_log(state_dir: Path) -> SQLiteLogStore:
-    path = state_dir / "log.sqlite"
-    if not path.exists():
-        raise InputError(f"no log at {path}")
-    return SQLiteLogStore.open(path)
+def _open_log(state_dir: Path, log_database: str | None = None) -> LogBackend:
+    location = log_location(state_dir, log_database)
+    if not location.startswith(("postgresql://", "postgres://")) and not Path(location).exists():
+        raise InputError(f"no log at {location}")
+    return open_log_store(location)
 
 
 @audit_app.command("query")
@@ -60,9 +68,10 @@ def _audit_query(
     caller: Annotated[str | None, typer.Option(help="Token id of the caller.")] = None,
     since: Annotated[str | None, typer.Option(help="ISO time, e.g. 2026-11-24T00:00:00Z.")] = None,
     state_dir: StateDir = DEFAULT_STATE,
+    log_database: LogDatabase = None,
 ) -> None:
     """Who ran which model on which input digest, and when."""
-    store = _open_log(state_dir)
+    store = _open_log(state_dir, log_database)
     try:
         records = query_runs(store, model=model, caller=caller, since=since)
     finally:
@@ -87,9 +96,10 @@ def _audit_export(
     model: Annotated[str | None, typer.Option(help="Only runs of this model.")] = None,
     caller: Annotated[str | None, typer.Option(help="Only runs by this token id.")] = None,
     state_dir: StateDir = DEFAULT_STATE,
+    log_database: LogDatabase = None,
 ) -> None:
     """Write an evidence bundle (receipts, proofs, checkpoint, public keys) for offline checks."""
-    store = _open_log(state_dir)
+    store = _open_log(state_dir, log_database)
     try:
         runs = query_runs(store, model=model, caller=caller)
         bundle = export_evidence(store, trust_bundle(state_dir, None), [r.index for r in runs])

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 from qward.errors import AuditError, NotFoundError
 from qward.protected.tracing import tracer
+from qward.tlog.backend import LogBackend
 from qward.tlog.checkpoint import Checkpoint
 from qward.tlog.layout import (
     TILE_WIDTH,
@@ -16,7 +17,6 @@ from qward.tlog.layout import (
     tile_width_at,
 )
 from qward.tlog.note import NoteSigner
-from qward.tlog.store import SQLiteLogStore
 
 __all__ = ["Auditor"]
 
@@ -29,9 +29,7 @@ class Auditor:
     everything sequenced so far and publishes a checkpoint covering it.
     """
 
-    def __init__(
-        self, *, store: SQLiteLogStore, origin: str, signers: Sequence[NoteSigner]
-    ) -> None:
+    def __init__(self, *, store: LogBackend, origin: str, signers: Sequence[NoteSigner]) -> None:
         self._store = store
         self._origin = origin
         self._signers = tuple(signers)

@@ -27,7 +27,7 @@ from qward.protected.keystore import PASSPHRASE_ENV, create_keystore, load_keyst
 from qward.protected.models import ModelRegistry
 from qward.protected.service import CoreService
 from qward.protected.tracing import setup_tracing
-from qward.tlog.store import SQLiteLogStore
+from qward.tlog.location import log_location, open_log_store
 
 __all__ = ["build_service", "main"]
 
@@ -35,7 +35,10 @@ _PR_SET_PDEATHSIG = 1
 
 
 def build_service(state_dir: Path) -> CoreService:
-    """Open (or on first start, create) the keystore, log and model registry in ``state_dir``."""
+    """Open (or on first start, create) the keystore, log and model registry in ``state_dir``.
+
+    The log is ``state_dir/log.sqlite`` unless ``QWARD_LOG_DATABASE`` names a PostgreSQL URL.
+    """
     passphrase = os.environ.get(PASSPHRASE_ENV) or None
     created = not (state_dir / "keystore.json").exists()
     if created:
@@ -43,7 +46,7 @@ def build_service(state_dir: Path) -> CoreService:
         keys = create_keystore(state_dir, origin=origin, passphrase=passphrase)
     else:
         keys = load_keystore(state_dir, passphrase=passphrase)
-    store = SQLiteLogStore.open(state_dir / "log.sqlite")
+    store = open_log_store(log_location(state_dir))
     auditor = Auditor(store=store, origin=keys.origin, signers=keys.log_signers)
     service = CoreService(keys=keys, auditor=auditor, registry=ModelRegistry(state_dir / "models"))
     if created:
