@@ -4,6 +4,9 @@ A signed note is UTF-8 text ending in a newline, a blank line, then one or more 
 ``— <key name> base64(4-byte key ID || signature)``. Two signature types are supported:
 
 * ``0x01``: Ed25519 over the note text (c2sp.org/signed-note, "Ed25519 signatures").
+* ``0x04``: Ed25519 timestamped cosignatures (c2sp.org/tlog-cosignature, "Ed25519 signed
+  message"): ``cosignature/v1``, a ``time`` line, then the whole checkpoint text. Witnesses sign
+  with it (c2sp.org/tlog-witness).
 * ``0x06``: ML-DSA-44 timestamped (sub)tree cosignatures (c2sp.org/tlog-cosignature, "ML-DSA-44
   signed message"), the type tlog-checkpoint says logs SHOULD use. It signs a binary
   ``cosigned_message`` built from the checkpoint's origin, size and root rather than the raw text,
@@ -34,24 +37,36 @@ __all__ = [
     "MAX_NOTE_BYTES",
     "MAX_SIGNATURES",
     "SIGNATURE_TYPE_ED25519",
+    "SIGNATURE_TYPE_ED25519_COSIGNATURE",
     "SIGNATURE_TYPE_MLDSA44_COSIGNATURE",
+    "Ed25519CosignatureSigner",
     "Ed25519NoteSigner",
     "MLDSA44NoteSigner",
     "NoteSigner",
     "NoteVerifier",
+    "add_signature_lines",
+    "cosignature_timestamp",
+    "note_signatures",
     "open_note",
     "sign_note",
+    "signature_lines",
 ]
 
 SIGNATURE_TYPE_ED25519 = 0x01
+SIGNATURE_TYPE_ED25519_COSIGNATURE = 0x04
 SIGNATURE_TYPE_MLDSA44_COSIGNATURE = 0x06
+_COSIGNATURE_TYPES = (SIGNATURE_TYPE_ED25519_COSIGNATURE, SIGNATURE_TYPE_MLDSA44_COSIGNATURE)
 
 #: The spec asks verifiers to accept at least 16 signatures, noting that post-quantum ones approach
 #: 5 kB; these limits leave room for that many times four while bounding the work per note.
 MAX_SIGNATURES = 64
 MAX_NOTE_BYTES = 1024 * 1024
 
-_PUBLIC_KEY_SIZES = {SIGNATURE_TYPE_ED25519: 32, SIGNATURE_TYPE_MLDSA44_COSIGNATURE: 1312}
+_PUBLIC_KEY_SIZES = {
+    SIGNATURE_TYPE_ED25519: 32,
+    SIGNATURE_TYPE_ED25519_COSIGNATURE: 32,
+    SIGNATURE_TYPE_MLDSA44_COSIGNATURE: 1312,
+}
 _ED25519_SIGNATURE_SIZE = 64
 _MLDSA44_SIGNATURE_SIZE = 2420
 _MAX_TIMESTAMP = 2**63 - 1
@@ -97,6 +112,19 @@ def _cosigned_message(*, cosigner: str, timestamp: int, text: bytes) -> bytes:
     )
 
 
+def _ed25519_cosigned_message(*, timestamp: int, text: bytes) -> bytes:
+    """The Ed25519 cosignature/v1 signed message of c2sp.org/tlog-cosignature."""
+    Checkpoint.from_body(text)  # only checkpoints are cosigned
+    return b"cosignature/v1\ntime %d\n" % timestamp + text
+
+
+def cosignature_timestamp(algorithm: int, signature: bytes) -> int:
+    """The POSIX time a cosignature (type 0x04 or 0x06, key ID stripped) says it was made."""
+    if algorithm not in _COSIGNATURE_TYPES or len(signature) < 8:
+        raise FormatError(f"note: a type {algorithm:#04x} signature carries no timestamp")
+    return int.from_bytes(signature[:8], "big")
+
+
 @dataclass(frozen=True, kw_only=True)
 class NoteVerifier:
     """A trusted note key: name, signature type and raw public key. ``key_id`` is derived."""
@@ -113,7 +141,7 @@ class NoteVerifier:
         if len(self.public_key_bytes) != size:
             raise FormatError(f"note: public key for type {self.algorithm:#04x} is not {size} B")
         try:
-            if self.algorithm == SIGNATURE_TYPE_ED25519:
+            if self.algorithm in (SIGNATURE_TYPE_ED25519, SIGNATURE_TYPE_ED25519_COSIGNATURE):
                 ed25519.Ed25519PublicKey.from_public_bytes(self.public_key_bytes)
             else:
                 mldsa.MLDSA44PublicKey.from_public_bytes(self.public_key_bytes)
@@ -132,6 +160,19 @@ class NoteVerifier:
         return cls(name=name, algorithm=SIGNATURE_TYPE_ED25519, public_key_bytes=raw)
 
     @classmethod
+    def for_ed25519_cosignature(
+        cls, name: str, public_key: ed25519.Ed25519PublicKey
+    ) -> NoteVerifier:
+        """A verifier for Ed25519 checkpoint cosignatures (type 0x04)."""
+        raw = public_key.public_bytes_raw()
+        return cls(name=name, algorithm=SIGNATURE_TYPE_ED25519_COSIGNATURE, public_key_bytes=raw)
+
+    @property
+    def is_cosigner(self) -> bool:
+        """Whether this key makes timestamped checkpoint cosignatures (types 0x04 and 0x06)."""
+        return self.algorithm in _COSIGNATURE_TYPES
+
+    @classmethod
     def for_mldsa44(cls, name: str, public_key: mldsa.MLDSA44PublicKey) -> NoteVerifier:
         """A verifier for ML-DSA-44 checkpoint cosignatures (type 0x06)."""
         raw = public_key.public_bytes_raw()
@@ -142,6 +183,8 @@ class NoteVerifier:
         try:
             if self.algorithm == SIGNATURE_TYPE_ED25519:
                 self._verify_ed25519(message, signature)
+            elif self.algorithm == SIGNATURE_TYPE_ED25519_COSIGNATURE:
+                self._verify_ed25519_cosignature(message, signature)
             else:
                 self._verify_mldsa44(message, signature)
         except (InvalidSignature, FormatError):
@@ -154,6 +197,16 @@ class NoteVerifier:
             raise InvalidSignature
         key = ed25519.Ed25519PublicKey.from_public_bytes(self.public_key_bytes)
         key.verify(signature, message)
+
+    def _verify_ed25519_cosignature(self, message: bytes, signature: bytes) -> None:
+        # timestamped_signature = u64 timestamp || Ed25519 over the cosignature/v1 message.
+        if len(signature) != 8 + _ED25519_SIGNATURE_SIZE:
+            raise InvalidSignature
+        timestamp = int.from_bytes(signature[:8], "big")
+        if timestamp > _MAX_TIMESTAMP:
+            raise InvalidSignature
+        key = ed25519.Ed25519PublicKey.from_public_bytes(self.public_key_bytes)
+        key.verify(signature[8:], _ed25519_cosigned_message(timestamp=timestamp, text=message))
 
     def _verify_mldsa44(self, message: bytes, signature: bytes) -> None:
         # c2sp.org/tlog-cosignature: timestamped_signature = u64 timestamp || signature, and the
@@ -267,6 +320,31 @@ class Ed25519NoteSigner(_UnexportableSigner):
         return self._key.sign(message)
 
 
+class Ed25519CosignatureSigner(_UnexportableSigner):
+    """Cosigns checkpoints with Ed25519 cosignature/v1 (type 0x04, c2sp.org/tlog-cosignature).
+
+    ``clock`` returns the POSIX time to sign; a witness passes its real clock, since a v1
+    cosignature states that, as of that time, this is the largest consistent tree it has seen.
+    """
+
+    __slots__ = ("_clock", "_key")
+
+    def __init__(
+        self, *, name: str, private_key: ed25519.Ed25519PrivateKey, clock: Callable[[], int]
+    ) -> None:
+        self._key = private_key
+        self._clock = clock
+        self._verifier = NoteVerifier.for_ed25519_cosignature(name, private_key.public_key())
+
+    def sign(self, message: bytes) -> bytes:
+        """u64 timestamp || Ed25519 over the cosignature/v1 message for checkpoint ``message``."""
+        timestamp = self._clock()
+        if not 0 <= timestamp <= _MAX_TIMESTAMP:
+            raise InputError(f"cosignature timestamp {timestamp} is out of range")
+        signed = _ed25519_cosigned_message(timestamp=timestamp, text=message)
+        return timestamp.to_bytes(8, "big") + self._key.sign(signed)
+
+
 class MLDSA44NoteSigner(_UnexportableSigner):
     """Signs checkpoints with ML-DSA-44 cosignatures (type 0x06, c2sp.org/tlog-cosignature).
 
@@ -301,8 +379,11 @@ def _check_text(text: str, what: str) -> None:
         raise FormatError(f"{what} contains a control character other than newline")
 
 
-def sign_note(text: bytes, signers: Sequence[NoteSigner]) -> bytes:
-    """Sign note ``text`` (UTF-8, ending in a newline) with every signer, in order."""
+def signature_lines(text: bytes, signers: Sequence[NoteSigner]) -> bytes:
+    """The signature lines every signer makes over note ``text`` (UTF-8, ending in a newline).
+
+    A witness answers ``add-checkpoint`` with exactly these lines (c2sp.org/tlog-witness).
+    """
     try:
         decoded = text.decode("utf-8")
     except UnicodeDecodeError:
@@ -323,10 +404,27 @@ def sign_note(text: bytes, signers: Sequence[NoteSigner]) -> bytes:
             raise InputError(f"signer {signer.name!r} has a key ID that is not 4 bytes")
         encoded = b64encode(signer.key_id + signer.sign(text))
         lines.append(f"{_DASH}{signer.name} {encoded}\n".encode())
-    note = text + b"\n" + b"".join(lines)
+    return b"".join(lines)
+
+
+def sign_note(text: bytes, signers: Sequence[NoteSigner]) -> bytes:
+    """Sign note ``text`` (UTF-8, ending in a newline) with every signer, in order."""
+    note = text + b"\n" + signature_lines(text, signers)
     if len(note) > MAX_NOTE_BYTES:
         raise FormatError("signed note is over the size limit")
     return note
+
+
+def add_signature_lines(note: bytes, lines: bytes) -> bytes:
+    """``note`` with more signature ``lines`` appended (checked: the result must parse)."""
+    combined = note + lines
+    _split_note(combined)
+    return combined
+
+
+def note_signatures(note: bytes) -> tuple[bytes, list[tuple[str, bytes, bytes]]]:
+    """(text, [(key name, key ID, signature)]) of a note, parsed strictly but not verified."""
+    return _split_note(note)
 
 
 def _parse_signature_line(line: str) -> tuple[str, bytes, bytes]:

@@ -1,0 +1,173 @@
+"""Three independent `qward witness serve` processes cosign a log over HTTP; a 2-of-3 quorum."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from qward.errors import VerificationError
+from qward.tlog.note import Ed25519NoteSigner, NoteVerifier
+from qward.tlog.store import SQLiteLogStore
+from qward.tlog.witness import add_checkpoint_body
+from qward.tlog.witness_client import WitnessClient, WitnessEndpoint
+from qward.tlog.witness_policy import Quorum
+
+from conftest import _free_port
+
+ORIGIN = "log.example/served"
+LOG_SIGNER = Ed25519NoteSigner(name=ORIGIN, private_key=ed25519.Ed25519PrivateKey.generate())
+
+
+@dataclass
+class WitnessProcess:
+    state: Path
+    port: int
+    keys: tuple[NoteVerifier, ...]
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "qward",
+                "witness",
+                "serve",
+                "--state-dir",
+                str(self.state),
+                "--port",
+                str(self.port),
+                "--log",
+                LOG_SIGNER.verifier().to_vkey(),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{self.url}/witness", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        raise AssertionError("witness did not start")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+            assert self.proc.stderr is not None
+            self.proc.stderr.close()
+            self.proc = None
+
+
+@pytest.fixture()
+def witnesses(tmp_path: Path) -> Iterator[list[WitnessProcess]]:
+    started = []
+    for n in range(3):
+        state = tmp_path / f"witness{n}"
+        init = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "qward",
+                "witness",
+                "init",
+                "--state-dir",
+                str(state),
+                "--name",
+                f"witness.example/w{n}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        keys = tuple(NoteVerifier.from_vkey(line) for line in init.stdout.split())
+        assert {k.algorithm for k in keys} == {0x04, 0x06}
+        started.append(WitnessProcess(state=state, port=_free_port(), keys=keys))
+    for w in started:
+        w.start()
+    yield started
+    for w in started:
+        w.stop()
+
+
+def _publish(store: SQLiteLogStore, count: int) -> bytes:
+    store.sequence([b"entry %d" % store.sequenced_size() for _ in range(count)])
+    store.integrate()
+    return store.publish(origin=ORIGIN, signers=[LOG_SIGNER])
+
+
+def test_two_of_three_witnesses_cosign_and_a_fork_is_refused(
+    witnesses: list[WitnessProcess], tmp_path: Path
+) -> None:
+    errors: list[tuple[str, str]] = []
+    client = WitnessClient(
+        [WitnessEndpoint(url=w.url, keys=w.keys) for w in witnesses],
+        on_error=lambda url, why: errors.append((url, why)),
+    )
+    policy = Quorum(threshold=2, witnesses=tuple(k for w in witnesses for k in w.keys))
+    with SQLiteLogStore.open(tmp_path / "log.sqlite") as store:
+        first = client.cosign(_publish(store, 3), store.consistency_proof)
+        assert len(policy.check(first)) == 3 and not errors
+        # One witness goes down: 2 of 3 still cosign, and the failure is reported.
+        witnesses[2].stop()
+        second = client.cosign(_publish(store, 5), store.consistency_proof)
+        assert len(policy.check(second)) == 2
+        assert [url for url, _ in errors] == [witnesses[2].url]
+        # It comes back with its state: a new client (knowing no sizes) learns them from 409s.
+        witnesses[2].start()
+        fresh = WitnessClient([WitnessEndpoint(url=w.url, keys=w.keys) for w in witnesses])
+        third = fresh.cosign(_publish(store, 2), store.consistency_proof)
+        assert len(policy.check(third)) == 3
+        # A second witness down: one cosignature is not a quorum.
+        witnesses[1].stop()
+        witnesses[2].stop()
+        lonely = fresh.cosign(_publish(store, 1), store.consistency_proof)
+        with pytest.raises(VerificationError, match="requires 2"):
+            policy.check(lonely)
+        fresh.close()
+    client.close()
+
+
+def test_a_forked_checkpoint_gets_no_cosignature(
+    witnesses: list[WitnessProcess], tmp_path: Path
+) -> None:
+    endpoints = [WitnessEndpoint(url=w.url, keys=w.keys) for w in witnesses]
+    with SQLiteLogStore.open(tmp_path / "honest.sqlite") as honest:
+        with WitnessClient(endpoints) as client:
+            client.cosign(_publish(honest, 4), honest.consistency_proof)
+    with SQLiteLogStore.open(tmp_path / "fork.sqlite") as fork:
+        fork.sequence([b"rewritten history"] * 6)
+        fork.integrate()
+        forked = fork.publish(origin=ORIGIN, signers=[LOG_SIGNER])
+        # Straight to a witness: the spec's statuses, as HTTP.
+        body = add_checkpoint_body(old_size=4, proof=fork.consistency_proof(4, 6), note=forked)
+        response = httpx.post(f"{witnesses[0].url}/add-checkpoint", content=body)
+        assert response.status_code == 422
+        stale = httpx.post(
+            f"{witnesses[0].url}/add-checkpoint",
+            content=add_checkpoint_body(old_size=0, proof=(), note=forked),
+        )
+        assert stale.status_code == 409
+        assert stale.headers["content-type"].startswith("text/x.tlog.size")
+        assert stale.text == "4\n"
+        garbage = httpx.post(f"{witnesses[0].url}/add-checkpoint", content=b"old x\n\n")
+        assert garbage.status_code == 400 and "Traceback" not in garbage.text
+        # Through the client: the fork comes back with no witness line at all.
+        with WitnessClient(endpoints) as client:
+            cosigned = client.cosign(forked, fork.consistency_proof)
+        assert cosigned == forked
