@@ -147,9 +147,11 @@ def test_a_forked_checkpoint_gets_no_cosignature(
     witnesses: list[WitnessProcess], tmp_path: Path
 ) -> None:
     endpoints = [WitnessEndpoint(url=w.url, keys=w.keys) for w in witnesses]
-    with SQLiteLogStore.open(tmp_path / "honest.sqlite") as honest:
-        with WitnessClient(endpoints) as client:
-            client.cosign(_publish(honest, 4), honest.consistency_proof)
+    with (
+        SQLiteLogStore.open(tmp_path / "honest.sqlite") as honest,
+        WitnessClient(endpoints) as client,
+    ):
+        client.cosign(_publish(honest, 4), honest.consistency_proof)
     with SQLiteLogStore.open(tmp_path / "fork.sqlite") as fork:
         fork.sequence([b"rewritten history"] * 6)
         fork.integrate()
