@@ -1,0 +1,1 @@
+"""Tests of qward.anchoring; a package so that its conftest does not shadow the top-level one."""
