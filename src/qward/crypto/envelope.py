@@ -30,7 +30,15 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from qward.crypto.keys import HPKERecipientKey
 from qward.encoding import b64decode, b64encode, canonical_json, parse_canonical_json
 from qward.errors import FormatError, InputError
-from qward.suites import MLKEM768_X25519_HKDF_SHA256_AES_256_GCM, require_suite
+from qward.suites import (
+    KEM_SUITES,
+    MLKEM768_HKDF_SHA256_AES_256_GCM,
+    MLKEM768_X25519_HKDF_SHA256_AES_256_GCM,
+    MLKEM1024_HKDF_SHA384_AES_256_GCM,
+    X25519_HKDF_SHA256_AES_256_GCM,
+    SuitePolicy,
+    require_suite,
+)
 
 __all__ = [
     "MAGIC",
@@ -57,9 +65,18 @@ _DEK_LEN = 32
 _U32 = struct.Struct(">I")
 
 
-def hpke_suite() -> hpke.Suite:
-    """The RFC 9180 suite behind ``MLKEM768_X25519_HKDF_SHA256_AES_256_GCM``."""
-    return hpke.Suite(hpke.KEM.MLKEM768_X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_256_GCM)
+_HPKE_SUITES = {
+    X25519_HKDF_SHA256_AES_256_GCM: (hpke.KEM.X25519, hpke.KDF.HKDF_SHA256),
+    MLKEM768_X25519_HKDF_SHA256_AES_256_GCM: (hpke.KEM.MLKEM768_X25519, hpke.KDF.HKDF_SHA256),
+    MLKEM768_HKDF_SHA256_AES_256_GCM: (hpke.KEM.MLKEM768, hpke.KDF.HKDF_SHA256),
+    MLKEM1024_HKDF_SHA384_AES_256_GCM: (hpke.KEM.MLKEM1024, hpke.KDF.HKDF_SHA384),
+}
+
+
+def hpke_suite(suite: str = MLKEM768_X25519_HKDF_SHA256_AES_256_GCM) -> hpke.Suite:
+    """The RFC 9180 suite behind a qward KEM suite id (all use AES-256-GCM as HPKE AEAD)."""
+    kem, kdf = _HPKE_SUITES[require_suite(suite, expected=KEM_SUITES, what="HPKE")]
+    return hpke.Suite(kem, kdf, hpke.AEAD.AES_256_GCM)
 
 
 def hpke_info(header: bytes) -> bytes:
@@ -85,9 +102,21 @@ class KeyWrap:
     encapsulated_key: bytes
 
 
-def wrap_data_key(dek: bytes, *, recipient: HPKERecipientKey, header: bytes) -> bytes:
-    """The canonical key-wrap section: ``dek`` HPKE-sealed to ``recipient``, bound to ``header``."""
-    enc = hpke_suite().encrypt(dek, recipient.to_hpke(), info=hpke_info(header))
+def wrap_data_key(
+    dek: bytes,
+    *,
+    recipient: HPKERecipientKey,
+    header: bytes,
+    policy: SuitePolicy | None = None,
+) -> bytes:
+    """The canonical key-wrap section: ``dek`` HPKE-sealed to ``recipient``, bound to ``header``.
+
+    With a ``policy``, a recipient whose suite the policy does not accept for new seals is
+    refused (``CryptoError``) before anything is encrypted.
+    """
+    if policy is not None:
+        policy.require_new(recipient.suite, what=f"sealing to key {recipient.key_id}")
+    enc = hpke_suite(recipient.suite).encrypt(dek, recipient.to_hpke(), info=hpke_info(header))
     return canonical_json(
         {"suite": recipient.suite, "key_id": recipient.key_id, "enc": b64encode(enc)}
     )
@@ -96,9 +125,9 @@ def wrap_data_key(dek: bytes, *, recipient: HPKERecipientKey, header: bytes) -> 
 def parse_key_wrap(wrap: bytes, *, what: str) -> KeyWrap:
     """Parse a key-wrap section, checking its suite."""
     doc = parse_canonical_json(wrap, what=f"{what} key wrap")
-    suite = require_suite(
-        doc.get("suite"), expected=MLKEM768_X25519_HKDF_SHA256_AES_256_GCM, what=what
-    )
+    if set(doc) != {"suite", "key_id", "enc"}:
+        raise FormatError(f"{what}: key wrap needs exactly suite, key_id and enc")
+    suite = require_suite(doc.get("suite"), expected=KEM_SUITES, what=what)
     key_id = doc.get("key_id")
     if not isinstance(key_id, str):
         raise FormatError(f"{what}: key_id must be a string")
@@ -133,8 +162,12 @@ def seal(
     recipient: HPKERecipientKey,
     content_type: str,
     random_bytes: Callable[[int], bytes] = os.urandom,
+    policy: SuitePolicy | None = None,
 ) -> bytes:
-    """Seal ``plaintext`` to ``recipient``; only the holder of its private key can open it."""
+    """Seal ``plaintext`` to ``recipient``; only the holder of its private key can open it.
+
+    With a ``policy``, a recipient under a suite the policy does not accept is refused.
+    """
     if len(plaintext) > MAX_SEALED_BYTES - _MAX_SECTION * 2:
         raise InputError(f"cannot seal {len(plaintext)} bytes: over the {MAX_SEALED_BYTES} limit")
     dek, nonce = random_bytes(_DEK_LEN), random_bytes(_NONCE_LEN)
@@ -148,7 +181,7 @@ def seal(
             "length": len(plaintext),
         }
     )
-    wrap = wrap_data_key(dek, recipient=recipient, header=header)
+    wrap = wrap_data_key(dek, recipient=recipient, header=header, policy=policy)
     ciphertext = AESGCM(payload_key).encrypt(nonce, plaintext, MAGIC + header)
     return b"".join([MAGIC, _U32.pack(len(header)), header, _U32.pack(len(wrap)), wrap, ciphertext])
 

@@ -16,11 +16,20 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from qward.encoding import b64decode, b64encode, domain_hash
 from qward.errors import FormatError
-from qward.suites import MLDSA65_ED25519, MLKEM768_X25519_HKDF_SHA256_AES_256_GCM, require_suite
+from qward.suites import (
+    KEM_SUITES,
+    MLDSA65_ED25519,
+    MLKEM768_HKDF_SHA256_AES_256_GCM,
+    MLKEM768_X25519_HKDF_SHA256_AES_256_GCM,
+    MLKEM1024_HKDF_SHA384_AES_256_GCM,
+    X25519_HKDF_SHA256_AES_256_GCM,
+    require_suite,
+)
 
-__all__ = ["HPKERecipientKey", "HybridVerifyKey", "key_id_for"]
+__all__ = ["HPKEPublicKey", "HPKERecipientKey", "HybridVerifyKey", "key_id_for"]
 
 _MLKEM768_PUBLIC_LEN = 1184
+_MLKEM1024_PUBLIC_LEN = 1568
 _MLDSA65_PUBLIC_LEN = 1952
 _RAW32 = 32
 
@@ -34,30 +43,70 @@ def _raw(key: xdh.X25519PublicKey | ed.Ed25519PublicKey) -> bytes:
     return key.public_bytes(Encoding.Raw, PublicFormat.Raw)
 
 
+# The public components of each KEM suite, in key-id order, with their lengths.
+_HPKE_LAYOUT: dict[str, tuple[tuple[str, int], ...]] = {
+    X25519_HKDF_SHA256_AES_256_GCM: (("x25519", _RAW32),),
+    MLKEM768_X25519_HKDF_SHA256_AES_256_GCM: (
+        ("mlkem768", _MLKEM768_PUBLIC_LEN),
+        ("x25519", _RAW32),
+    ),
+    MLKEM768_HKDF_SHA256_AES_256_GCM: (("mlkem768", _MLKEM768_PUBLIC_LEN),),
+    MLKEM1024_HKDF_SHA384_AES_256_GCM: (("mlkem1024", _MLKEM1024_PUBLIC_LEN),),
+}
+
+HPKEPublicKey = (
+    hpke.MLKEM768X25519PublicKey
+    | xdh.X25519PublicKey
+    | mlkem.MLKEM768PublicKey
+    | mlkem.MLKEM1024PublicKey
+)
+
+
 @dataclass(frozen=True, kw_only=True)
 class HPKERecipientKey:
-    """The public half of a hybrid ML-KEM-768 + X25519 HPKE key: what a sealer needs."""
+    """The public half of an HPKE key under one KEM suite: what a sealer needs.
 
-    mlkem768: bytes
-    x25519: bytes
+    The default suite is the hybrid ML-KEM-768 + X25519; the other suites of ``qward.suites``
+    use only the components they name (the rest stay empty).
+    """
+
+    mlkem768: bytes = b""
+    x25519: bytes = b""
+    mlkem1024: bytes = b""
     suite: str = MLKEM768_X25519_HKDF_SHA256_AES_256_GCM
 
     def __post_init__(self) -> None:
-        if len(self.mlkem768) != _MLKEM768_PUBLIC_LEN or len(self.x25519) != _RAW32:
-            raise FormatError("HPKE recipient key: wrong public key lengths")
+        layout = _HPKE_LAYOUT.get(self.suite)
+        if layout is None:
+            raise FormatError(f"HPKE recipient key: unknown suite {self.suite!r}")
+        needed = dict(layout)
+        for name in ("mlkem768", "x25519", "mlkem1024"):
+            value = getattr(self, name)
+            if len(value) != needed.get(name, 0):
+                raise FormatError(f"HPKE recipient key: wrong {name} length for {self.suite}")
+
+    def components(self) -> dict[str, bytes]:
+        """The suite's public components by name, in key-id order."""
+        return {name: getattr(self, name) for name, _ in _HPKE_LAYOUT[self.suite]}
 
     @property
     def key_id(self) -> str:
-        """Key id over both public components."""
-        return key_id_for(self.suite, self.mlkem768 + self.x25519)
+        """Key id over every public component of the suite."""
+        return key_id_for(self.suite, b"".join(self.components().values()))
 
-    def to_hpke(self) -> hpke.MLKEM768X25519PublicKey:
-        """The pyca/cryptography HPKE public key object."""
+    def to_hpke(self) -> HPKEPublicKey:
+        """The pyca/cryptography public key object HPKE encrypts to."""
         try:
-            return hpke.MLKEM768X25519PublicKey(
-                mlkem.MLKEM768PublicKey.from_public_bytes(self.mlkem768),
-                xdh.X25519PublicKey.from_public_bytes(self.x25519),
-            )
+            if self.suite == MLKEM768_X25519_HKDF_SHA256_AES_256_GCM:
+                return hpke.MLKEM768X25519PublicKey(
+                    mlkem.MLKEM768PublicKey.from_public_bytes(self.mlkem768),
+                    xdh.X25519PublicKey.from_public_bytes(self.x25519),
+                )
+            if self.suite == X25519_HKDF_SHA256_AES_256_GCM:
+                return xdh.X25519PublicKey.from_public_bytes(self.x25519)
+            if self.suite == MLKEM768_HKDF_SHA256_AES_256_GCM:
+                return mlkem.MLKEM768PublicKey.from_public_bytes(self.mlkem768)
+            return mlkem.MLKEM1024PublicKey.from_public_bytes(self.mlkem1024)
         except ValueError:
             raise FormatError("HPKE recipient key: invalid public key") from None
 
@@ -65,31 +114,35 @@ class HPKERecipientKey:
     def from_hpke_parts(
         cls, mlkem_key: mlkem.MLKEM768PublicKey, x25519_key: xdh.X25519PublicKey
     ) -> HPKERecipientKey:
-        """Build from the two component public keys."""
+        """Build a hybrid key from the two component public keys."""
         return cls(mlkem768=mlkem_key.public_bytes_raw(), x25519=_raw(x25519_key))
+
+    @classmethod
+    def from_components(cls, suite: str, components: dict[str, bytes]) -> HPKERecipientKey:
+        """Build from a suite id and its named public components (as ``components()`` gives)."""
+        layout = _HPKE_LAYOUT.get(suite)
+        if layout is None or set(components) != {name for name, _ in layout}:
+            raise FormatError(f"HPKE recipient key: components do not match suite {suite!r}")
+        return cls(suite=suite, **components)
 
     def to_json(self) -> dict[str, str]:
         """Wire form."""
-        return {
-            "suite": self.suite,
-            "key_id": self.key_id,
-            "mlkem768": b64encode(self.mlkem768),
-            "x25519": b64encode(self.x25519),
-        }
+        doc = {"suite": self.suite, "key_id": self.key_id}
+        doc.update({name: b64encode(value) for name, value in self.components().items()})
+        return doc
 
     @classmethod
     def from_json(cls, doc: object) -> HPKERecipientKey:
         """Parse the wire form, checking that the stated key id matches the key."""
         if not isinstance(doc, dict):
             raise FormatError("HPKE recipient key: expected an object")
-        require_suite(
-            doc.get("suite"),
-            expected=MLKEM768_X25519_HKDF_SHA256_AES_256_GCM,
-            what="HPKE recipient key",
-        )
-        key = cls(
-            mlkem768=b64decode(doc.get("mlkem768"), what="HPKE recipient key mlkem768"),
-            x25519=b64decode(doc.get("x25519"), what="HPKE recipient key x25519"),
+        suite = require_suite(doc.get("suite"), expected=KEM_SUITES, what="HPKE recipient key")
+        names = [name for name, _ in _HPKE_LAYOUT[suite]]
+        if set(doc) != {"suite", "key_id", *names}:
+            raise FormatError(f"HPKE recipient key: expected suite, key_id and {names}")
+        key = cls.from_components(
+            suite,
+            {n: b64decode(doc.get(n), what=f"HPKE recipient key {n}") for n in names},
         )
         if doc.get("key_id") != key.key_id:
             raise FormatError("HPKE recipient key: key_id does not match the key")

@@ -29,6 +29,7 @@ from qward.crypto.envelope import derive_payload_keys, parse_key_wrap, wrap_data
 from qward.crypto.keys import HPKERecipientKey
 from qward.encoding import b64decode, b64encode, canonical_json, parse_canonical_json
 from qward.errors import FormatError, InputError
+from qward.suites import SuitePolicy
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
@@ -127,10 +128,12 @@ def seal_stream(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     random_bytes: Callable[[int], bytes] = os.urandom,
     progress: Callable[[int], None] | None = None,
+    policy: SuitePolicy | None = None,
 ) -> int:
     """Seal everything read from ``src`` into ``dst``; returns the plaintext length.
 
-    Memory use is one chunk, whatever the size of ``src``.
+    Memory use is one chunk, whatever the size of ``src``. With a ``policy``, a recipient under a
+    suite the policy does not accept is refused before anything is written.
     """
     if not _MIN_CHUNK <= chunk_size <= _MAX_CHUNK:
         raise InputError("chunk size must be 16 to 64 KiB")
@@ -145,7 +148,7 @@ def seal_stream(
             "commitment": b64encode(commitment),
         }
     )
-    wrap = wrap_data_key(dek, recipient=recipient, header=header)
+    wrap = wrap_data_key(dek, recipient=recipient, header=header, policy=policy)
     dst.write(STREAM_MAGIC + _U32.pack(len(header)) + header + _U32.pack(len(wrap)) + wrap)
     aead, aad = AESGCM(payload_key), hashlib.sha256(STREAM_MAGIC + header).digest()
     # Two input buffers (current and read-ahead) and one output buffer, reused for every chunk.

@@ -4,9 +4,20 @@ from __future__ import annotations
 
 from typing import Any, Generic, NoReturn, TypeVar
 
-__all__ = ["KeyHandle"]
+from cryptography.hazmat.primitives import hpke
+from cryptography.hazmat.primitives.asymmetric import mlkem, x25519
+
+__all__ = ["HPKEPrivateKey", "KeyHandle"]
 
 K = TypeVar("K")
+
+#: The private key objects HPKE opens with, one per KEM suite of ``qward.suites``.
+HPKEPrivateKey = (
+    hpke.MLKEM768X25519PrivateKey
+    | x25519.X25519PrivateKey
+    | mlkem.MLKEM768PrivateKey
+    | mlkem.MLKEM1024PrivateKey
+)
 
 
 class KeyHandle(Generic[K]):

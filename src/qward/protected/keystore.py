@@ -5,6 +5,10 @@ key-encryption key. The KEK comes either from a passphrase (scrypt) given in the
 variable ``QWARD_KEYSTORE_PASSPHRASE``, or from a 32-byte key file beside the keystore created with
 mode 0600 (the default, so that ``qward demo`` works unattended). Keys are stored as seeds, so the
 file is small and the public halves are recomputed on load.
+
+Format ``qward/keystore/v2`` holds a ``KeyRing``: the ML-DSA-87 root key and every version of every
+purpose's key with its state. A ``qward/keystore/v1`` file (one key per purpose) still loads: it is
+migrated on load to v2 with the same keys as primary version 1 and rewritten in place, atomically.
 """
 
 from __future__ import annotations
@@ -16,105 +20,118 @@ from pathlib import Path
 from typing import Any
 
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes, hpke
-from cryptography.hazmat.primitives.asymmetric import ed25519, mldsa, mlkem, x25519
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
-from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
 from qward.crypto.keys import HPKERecipientKey
+from qward.crypto.manifest import Purpose
 from qward.encoding import b64decode, b64encode, canonical_json, parse_canonical_json, read_limited
 from qward.errors import FormatError, KeystoreError
-from qward.protected.handles import KeyHandle
+from qward.protected.handles import HPKEPrivateKey, KeyHandle
+from qward.protected.keyring import KeyRing
 from qward.protected.signing import HybridSigner
-from qward.tlog.note import Ed25519NoteSigner, MLDSA44NoteSigner, NoteSigner
+from qward.suites import DEFAULT_POLICY, Policy
+from qward.tlog.note import NoteSigner
 
-__all__ = ["PASSPHRASE_ENV", "CoreKeys", "create_keystore", "load_keystore"]
+__all__ = [
+    "FORMAT_V1",
+    "FORMAT_V2",
+    "PASSPHRASE_ENV",
+    "CoreKeys",
+    "create_keystore",
+    "load_keystore",
+]
 
 PASSPHRASE_ENV = "QWARD_KEYSTORE_PASSPHRASE"  # noqa: S105 - a variable name, not a secret
-_FORMAT = "qward/keystore/v1"
+FORMAT_V1 = "qward/keystore/v1"
+FORMAT_V2 = "qward/keystore/v2"
 _SCRYPT = {"n": 2**15, "r": 8, "p": 1}
 _MAX_KEYSTORE = 1024 * 1024
 
 
 @dataclass(frozen=True, kw_only=True)
+class _KeystoreFile:
+    """Where the keystore lives and the KEK that seals it, for writing it back after a change."""
+
+    path: Path
+    protection: dict[str, Any]
+    kek: KeyHandle[bytes]
+
+    def write(self, ring: KeyRing) -> None:
+        """Seal ``ring`` and replace the file atomically (write beside it, fsync, rename)."""
+        nonce = secrets.token_bytes(12)
+        aad = canonical_json({"format": FORMAT_V2, "protection": self.protection})
+        sealed = AESGCM(self.kek.unsafe_key()).encrypt(
+            nonce, canonical_json(ring.to_material()), aad
+        )
+        doc = {
+            "format": FORMAT_V2,
+            "protection": self.protection,
+            "nonce": b64encode(nonce),
+            "ciphertext": b64encode(sealed),
+        }
+        partial = self.path.with_name(f".{self.path.name}.{os.getpid()}.partial")
+        partial.unlink(missing_ok=True)
+        try:
+            _write_private(partial, canonical_json(doc))
+            os.replace(partial, self.path)
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
+
+
 class CoreKeys:
-    """Every key the core holds, each behind a handle or a signer object."""
+    """Every key the core holds, as a live view of its ``KeyRing``: after a rotation the
+    properties name the new primary keys."""
 
-    origin: str
-    hpke: dict[str, KeyHandle[hpke.MLKEM768X25519PrivateKey]]
-    hpke_public: HPKERecipientKey
-    receipt_signer: HybridSigner
-    log_signers: tuple[NoteSigner, ...]
+    def __init__(
+        self, *, ring: KeyRing, keystore: _KeystoreFile | None = None, migrated_from: str = ""
+    ) -> None:
+        self.ring = ring
+        self._keystore = keystore
+        #: The format this keystore was migrated from on load ("" if it was not).
+        self.migrated_from = migrated_from
 
+    @property
+    def origin(self) -> str:
+        """The transparency log's origin line."""
+        return self.ring.origin
 
-def _raw_private(key: ed25519.Ed25519PrivateKey | x25519.X25519PrivateKey) -> bytes:
-    return key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
+    @property
+    def hpke(self) -> dict[str, KeyHandle[HPKEPrivateKey]]:
+        """HPKE private keys that may still open, by key id (primary and enabled versions)."""
+        return self.ring.hpke_handles()
 
+    @property
+    def hpke_public(self) -> HPKERecipientKey:
+        """The primary KEK's public key: where new seals go."""
+        return self.ring.primary(Purpose.HPKE_UNWRAP).recipient()
 
-def _fresh_material(origin: str) -> dict[str, Any]:
-    return {
-        "origin": origin,
-        "hpke": {
-            "mlkem768_seed": b64encode(secrets.token_bytes(64)),
-            "x25519": b64encode(_raw_private(x25519.X25519PrivateKey.generate())),
-        },
-        "receipt": {
-            "mldsa65_seed": b64encode(secrets.token_bytes(32)),
-            "ed25519": b64encode(_raw_private(ed25519.Ed25519PrivateKey.generate())),
-        },
-        "log": {
-            "mldsa44_seed": b64encode(secrets.token_bytes(32)),
-            "ed25519": b64encode(_raw_private(ed25519.Ed25519PrivateKey.generate())),
-        },
-    }
+    @property
+    def receipt_signer(self) -> HybridSigner:
+        """The primary receipt signer."""
+        return self.ring.primary(Purpose.RECEIPT_SIGNING).receipt_signer()
 
+    @property
+    def log_signers(self) -> tuple[NoteSigner, ...]:
+        """The primary checkpoint signers."""
+        return self.ring.primary(Purpose.CHECKPOINT_SIGNING).note_signers(self.ring.origin)
 
-def _seed(section: Any, name: str) -> bytes:
-    if not isinstance(section, dict):
-        raise KeystoreError("keystore is damaged: a key section is missing")
-    try:
-        return b64decode(section.get(name), what=f"keystore {name}")
-    except FormatError:
-        raise KeystoreError(f"keystore is damaged: {name} is unreadable") from None
+    @property
+    def state_dir(self) -> Path | None:
+        """The directory holding the keystore file (None for an in-memory ring)."""
+        return self._keystore.path.parent if self._keystore else None
 
+    def save(self) -> None:
+        """Write the ring back to the keystore file (after a rotation, retirement, ...)."""
+        if self._keystore is None:
+            raise KeystoreError("these keys have no keystore file to save to")
+        self._keystore.write(self.ring)
 
-def _keys_from_material(material: dict[str, Any]) -> CoreKeys:
-    origin = material.get("origin")
-    if not isinstance(origin, str) or not origin:
-        raise KeystoreError("keystore is damaged: no log origin")
-    h, r, lg = material.get("hpke"), material.get("receipt"), material.get("log")
-    try:
-        kem = mlkem.MLKEM768PrivateKey.from_seed_bytes(_seed(h, "mlkem768_seed"))
-        xkey = x25519.X25519PrivateKey.from_private_bytes(_seed(h, "x25519"))
-        signer = HybridSigner(
-            mldsa_key=mldsa.MLDSA65PrivateKey.from_seed_bytes(_seed(r, "mldsa65_seed")),
-            ed_key=ed25519.Ed25519PrivateKey.from_private_bytes(_seed(r, "ed25519")),
-        )
-        log_signers: tuple[NoteSigner, ...] = (
-            Ed25519NoteSigner(
-                name=origin,
-                private_key=ed25519.Ed25519PrivateKey.from_private_bytes(_seed(lg, "ed25519")),
-            ),
-            MLDSA44NoteSigner(
-                name=origin,
-                private_key=mldsa.MLDSA44PrivateKey.from_seed_bytes(_seed(lg, "mldsa44_seed")),
-            ),
-        )
-    except ValueError:
-        raise KeystoreError("keystore is damaged: a key does not load") from None
-    public = HPKERecipientKey.from_hpke_parts(kem.public_key(), xkey.public_key())
-    handle = KeyHandle(
-        purpose="unseal", key_id=public.key_id, key=hpke.MLKEM768X25519PrivateKey(kem, xkey)
-    )
-    return CoreKeys(
-        origin=origin,
-        hpke={public.key_id: handle},
-        hpke_public=public,
-        receipt_signer=signer,
-        log_signers=log_signers,
-    )
+    def __repr__(self) -> str:
+        return f"CoreKeys(origin={self.origin!r}, policy={self.ring.policy.value!r})"
 
 
 def _kek(state_dir: Path, protection: dict[str, Any], passphrase: str | None) -> bytes:
@@ -148,43 +165,42 @@ def _write_private(path: Path, data: bytes) -> None:
         os.fsync(handle.fileno())
 
 
-def create_keystore(state_dir: Path, *, origin: str, passphrase: str | None = None) -> CoreKeys:
-    """Generate every core key and write the sealed keystore; refuses to overwrite one."""
+def _protection(state_dir: Path, passphrase: str | None) -> dict[str, Any]:
+    if passphrase:
+        return {"kind": "scrypt", "salt": b64encode(secrets.token_bytes(16)), **_SCRYPT}
+    _write_private(state_dir / "keystore.key", secrets.token_bytes(32))
+    return {"kind": "keyfile"}
+
+
+def create_keystore(
+    state_dir: Path,
+    *,
+    origin: str,
+    passphrase: str | None = None,
+    policy: Policy = DEFAULT_POLICY,
+) -> CoreKeys:
+    """Generate a root key and version 1 of every key, and write the sealed keystore (v2);
+    refuses to overwrite one."""
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     path = state_dir / "keystore.json"
     if path.exists():
         raise KeystoreError(f"a keystore already exists at {path}")
-    if passphrase:
-        protection: dict[str, Any] = {
-            "kind": "scrypt",
-            "salt": b64encode(secrets.token_bytes(16)),
-            **_SCRYPT,
-        }
-    else:
-        protection = {"kind": "keyfile"}
-        _write_private(state_dir / "keystore.key", secrets.token_bytes(32))
-    material = _fresh_material(origin)
-    nonce = secrets.token_bytes(12)
-    aad = canonical_json({"format": _FORMAT, "protection": protection})
-    sealed = AESGCM(_kek(state_dir, protection, passphrase)).encrypt(
-        nonce, canonical_json(material), aad
+    ring = KeyRing.generate(origin=origin, policy=policy)
+    protection = _protection(state_dir, passphrase)
+    kek = KeyHandle(
+        purpose="keystore-kek", key_id="keystore", key=_kek(state_dir, protection, passphrase)
     )
-    _write_private(
-        path,
-        canonical_json(
-            {
-                "format": _FORMAT,
-                "protection": protection,
-                "nonce": b64encode(nonce),
-                "ciphertext": b64encode(sealed),
-            }
-        ),
-    )
-    return _keys_from_material(material)
+    keystore = _KeystoreFile(path=path, protection=protection, kek=kek)
+    keystore.write(ring)
+    return CoreKeys(ring=ring, keystore=keystore)
 
 
 def load_keystore(state_dir: Path, *, passphrase: str | None = None) -> CoreKeys:
-    """Open the keystore in ``state_dir``; a wrong passphrase or damaged file is a KeystoreError."""
+    """Open the keystore in ``state_dir``; a wrong passphrase or damaged file is a KeystoreError.
+
+    A v1 keystore is migrated: its keys become primary version 1 of a v2 ring with a new root
+    key, and the file is rewritten as v2 (sealed under the same KEK).
+    """
     path = state_dir / "keystore.json"
     if not path.exists():
         raise KeystoreError(f"no keystore at {path}")
@@ -192,18 +208,30 @@ def load_keystore(state_dir: Path, *, passphrase: str | None = None) -> CoreKeys
         doc = parse_canonical_json(
             read_limited(str(path), limit=_MAX_KEYSTORE, what="keystore"), what="keystore"
         )
-        if doc.get("format") != _FORMAT or not isinstance(doc.get("protection"), dict):
-            raise KeystoreError(f"keystore format {doc.get('format')!r} is not supported")
+        version = doc.get("format")
+        if version not in (FORMAT_V1, FORMAT_V2) or not isinstance(doc.get("protection"), dict):
+            raise KeystoreError(f"keystore format {version!r} is not supported")
         protection = doc["protection"]
         nonce = b64decode(doc.get("nonce"), what="keystore nonce")
         sealed = b64decode(doc.get("ciphertext"), what="keystore ciphertext")
     except FormatError as exc:
         raise KeystoreError(f"keystore is damaged: {exc}") from None
-    aad = canonical_json({"format": _FORMAT, "protection": protection})
+    kek = KeyHandle(
+        purpose="keystore-kek", key_id="keystore", key=_kek(state_dir, protection, passphrase)
+    )
+    aad = canonical_json({"format": version, "protection": protection})
     try:
-        plain = AESGCM(_kek(state_dir, protection, passphrase)).decrypt(nonce, sealed, aad)
+        plain = AESGCM(kek.unsafe_key()).decrypt(nonce, sealed, aad)
+        material = parse_canonical_json(plain, what="keystore contents")
     except (InvalidTag, ValueError):
         raise KeystoreError(
             "keystore does not open: wrong passphrase or key file, or damaged"
         ) from None
-    return _keys_from_material(parse_canonical_json(plain, what="keystore contents"))
+    except FormatError as exc:
+        raise KeystoreError(f"keystore is damaged: {exc}") from None
+    keystore = _KeystoreFile(path=path, protection=protection, kek=kek)
+    if version == FORMAT_V2:
+        return CoreKeys(ring=KeyRing.from_material(material), keystore=keystore)
+    ring = KeyRing.from_v1_material(material, at="migrated-from-v1")
+    keystore.write(ring)
+    return CoreKeys(ring=ring, keystore=keystore, migrated_from=FORMAT_V1)

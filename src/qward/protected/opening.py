@@ -5,12 +5,11 @@ from __future__ import annotations
 import hmac
 
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hpke
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from qward.crypto.envelope import derive_payload_keys, hpke_info, hpke_suite, parse_sealed
 from qward.errors import DecryptionError, UnknownKeyError
-from qward.protected.handles import KeyHandle
+from qward.protected.handles import HPKEPrivateKey, KeyHandle
 
 __all__ = ["open_sealed"]
 
@@ -18,7 +17,7 @@ __all__ = ["open_sealed"]
 def open_sealed(
     blob: bytes,
     *,
-    keys: dict[str, KeyHandle[hpke.MLKEM768X25519PrivateKey]],
+    keys: dict[str, KeyHandle[HPKEPrivateKey]],
     limit: int,
     expected_content_type: str,
 ) -> bytes:
@@ -40,7 +39,7 @@ def open_sealed(
             f"sealed artifact is for key {artifact.key_id}, which this core lacks"
         )
     try:
-        dek = hpke_suite().decrypt(
+        dek = hpke_suite(artifact.suite).decrypt(
             artifact.encapsulated_key, handle.unsafe_key(), info=hpke_info(artifact.header)
         )
     except (InvalidTag, ValueError):

@@ -9,27 +9,24 @@ from pathlib import Path
 from typing import BinaryIO
 
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hpke
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from qward.crypto.envelope import derive_payload_keys, hpke_info, hpke_suite
 from qward.crypto.stream import StreamHeader, chunk_nonce, read_stream_header
 from qward.errors import DecryptionError, UnknownKeyError
-from qward.protected.handles import KeyHandle
+from qward.protected.handles import HPKEPrivateKey, KeyHandle
 
 __all__ = ["open_stream_to_file"]
 
 _TAG = 16
 
 
-def _payload_key(
-    head: StreamHeader, keys: dict[str, KeyHandle[hpke.MLKEM768X25519PrivateKey]]
-) -> bytes:
+def _payload_key(head: StreamHeader, keys: dict[str, KeyHandle[HPKEPrivateKey]]) -> bytes:
     handle = keys.get(head.key_id)
     if handle is None:
         raise UnknownKeyError(f"sealed stream is for key {head.key_id}, which this core lacks")
     try:
-        dek = hpke_suite().decrypt(
+        dek = hpke_suite(head.suite).decrypt(
             head.encapsulated_key, handle.unsafe_key(), info=hpke_info(head.header)
         )
     except (InvalidTag, ValueError):
@@ -70,7 +67,7 @@ def open_stream_to_file(
     src: BinaryIO,
     destination: Path,
     *,
-    keys: dict[str, KeyHandle[hpke.MLKEM768X25519PrivateKey]],
+    keys: dict[str, KeyHandle[HPKEPrivateKey]],
     expected_content_type: str,
 ) -> int:
     """Decrypt a sealed stream into ``destination``; returns the plaintext length.
