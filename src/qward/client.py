@@ -17,9 +17,11 @@ from qward.errors import ReplayMismatchError, VerificationError
 from qward.receipts.replay_verdict import BITWISE, WITHIN_TOLERANCE
 from qward.receipts.trust import TrustBundle
 from qward.receipts.verify import VerifiedReceipt, Verifier
+from qward.runtime.circuit_spec import CIRCUIT_CONTENT_TYPE, is_circuit_spec
 from qward.tensors import Tensor, encode_tensors, tensors_digest
 
 __all__ = [
+    "CIRCUIT_CONTENT_TYPE",
     "INPUT_CONTENT_TYPE",
     "MODEL_CONTENT_TYPE",
     "Client",
@@ -34,8 +36,10 @@ INPUT_CONTENT_TYPE = "application/vnd.qward.tensors"
 
 
 def seal_model(model: bytes, *, trust: TrustBundle) -> bytes:
-    """Seal an ONNX model to the core named in ``trust``."""
-    return _seal(model, recipient=trust.hpke_recipient, content_type=MODEL_CONTENT_TYPE)
+    """Seal a model to the core named in ``trust``: an ONNX graph, or a ``qward/circuit/v1``
+    spec (canonical JSON), which is sealed as ``CIRCUIT_CONTENT_TYPE`` and validated by the core."""
+    content_type = CIRCUIT_CONTENT_TYPE if is_circuit_spec(model) else MODEL_CONTENT_TYPE
+    return _seal(model, recipient=trust.hpke_recipient, content_type=content_type)
 
 
 def seal_input(tensors: Sequence[Tensor], *, trust: TrustBundle) -> bytes:

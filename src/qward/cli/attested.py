@@ -89,7 +89,9 @@ def _print_run(
 
 @app.command("seal")
 def _seal(
-    model: Annotated[Path, typer.Argument(help="Plaintext ONNX model to seal.")],
+    model: Annotated[
+        Path, typer.Argument(help="Plaintext ONNX model or qward/circuit/v1 spec to seal.")
+    ],
     output: Annotated[
         Path, typer.Option("--output", "-o", help="Where to write the sealed model.")
     ],
@@ -107,7 +109,12 @@ def _seal(
 
 @app.command("run")
 def _run(
-    model: Annotated[Path, typer.Option("--model", help="Plaintext ONNX model (sealed locally).")],
+    model: Annotated[
+        Path,
+        typer.Option(
+            "--model", help="Plaintext ONNX model or qward/circuit/v1 spec (sealed locally)."
+        ),
+    ],
     input_file: Annotated[Path, typer.Option("--input", help="V2 JSON inference request.")],
     receipt_out: Annotated[Path, typer.Option("--receipt", help="Where to write the receipt.")],
     state_dir: StateDir = DEFAULT_STATE,

@@ -13,11 +13,23 @@ from pathlib import Path
 
 from qward.encoding import canonical_json, parse_canonical_json, read_limited
 from qward.errors import InputError, NotFoundError
+from qward.runtime.circuit_spec import CIRCUIT_CONTENT_TYPE
 from qward.runtime.supervisor import WorkerProcess
 
-__all__ = ["DEFAULT_WORKERS", "MAX_MODEL_BYTES", "ModelEntry", "ModelRegistry", "check_digest"]
+__all__ = [
+    "DEFAULT_WORKERS",
+    "MAX_MODEL_BYTES",
+    "MODEL_CONTENT_TYPES",
+    "ONNX_CONTENT_TYPE",
+    "ModelEntry",
+    "ModelRegistry",
+    "check_digest",
+]
 
 MAX_MODEL_BYTES = 1024 * 1024 * 1024
+ONNX_CONTENT_TYPE = "application/onnx"
+#: What a sealed model may hold: an ONNX graph or a declarative ``qward/circuit/v1`` spec.
+MODEL_CONTENT_TYPES = frozenset({ONNX_CONTENT_TYPE, CIRCUIT_CONTENT_TYPE})
 # Each worker is single-threaded for determinism, so parallelism comes from several workers; one
 # per core, up to two, unless QWARD_WORKERS_PER_MODEL says otherwise.
 DEFAULT_WORKERS = int(os.environ.get("QWARD_WORKERS_PER_MODEL", min(2, os.cpu_count() or 1)))
@@ -38,6 +50,7 @@ class ModelEntry:
     model_sha256: str
     sealed_sha256: str
     name: str
+    content_type: str = ONNX_CONTENT_TYPE
     pool: list[WorkerProcess] = field(default_factory=list)
     idle: queue.SimpleQueue[WorkerProcess] = field(default_factory=queue.SimpleQueue)
     unloaded: bool = False
@@ -66,11 +79,24 @@ class ModelRegistry:
                 model_sha256=meta.stem,
                 sealed_sha256=str(doc["sealed_sha256"]),
                 name=str(doc["name"]),
+                # Records written before circuits existed have no content type: they are ONNX.
+                content_type=str(doc.get("content_type", ONNX_CONTENT_TYPE)),
             )
+            if entry.content_type not in MODEL_CONTENT_TYPES:
+                raise InputError(f"model record {meta.name}: unknown content type")
             self._models[entry.model_sha256] = entry
 
-    def add(self, *, model_sha256: str, sealed: bytes, name: str) -> ModelEntry:
+    def add(
+        self,
+        *,
+        model_sha256: str,
+        sealed: bytes,
+        name: str,
+        content_type: str = ONNX_CONTENT_TYPE,
+    ) -> ModelEntry:
         """Store a sealed model (idempotent for the same plaintext digest)."""
+        if content_type not in MODEL_CONTENT_TYPES:
+            raise InputError(f"a model cannot be of type {content_type!r}")
         with self._lock:
             existing = self._models.get(model_sha256)
             if existing is not None:
@@ -79,14 +105,24 @@ class ModelRegistry:
                         f"this model is already registered as {existing.name!r}; "
                         "one model has one name"
                     )
+                if existing.content_type != content_type:
+                    raise InputError(
+                        f"this model is already registered as {existing.content_type!r}"
+                    )
                 existing.unloaded = False
                 return existing
             sealed_sha = hashlib.sha256(sealed).hexdigest()
             (self._dir / f"{model_sha256}.sealed").write_bytes(sealed)
-            (self._dir / f"{model_sha256}.json").write_bytes(
-                canonical_json({"name": name, "sealed_sha256": sealed_sha})
+            record = {"name": name, "sealed_sha256": sealed_sha}
+            if content_type != ONNX_CONTENT_TYPE:  # ONNX records keep their original bytes
+                record["content_type"] = content_type
+            (self._dir / f"{model_sha256}.json").write_bytes(canonical_json(record))
+            entry = ModelEntry(
+                model_sha256=model_sha256,
+                sealed_sha256=sealed_sha,
+                name=name,
+                content_type=content_type,
             )
-            entry = ModelEntry(model_sha256=model_sha256, sealed_sha256=sealed_sha, name=name)
             self._models[model_sha256] = entry
             return entry
 
@@ -118,7 +154,11 @@ class ModelRegistry:
                 )
                 plaintext = open_model(sealed)
                 for _ in range(missing):
-                    worker = WorkerProcess.start(model=plaintext, model_sha256=entry.model_sha256)
+                    worker = WorkerProcess.start(
+                        model=plaintext,
+                        model_sha256=entry.model_sha256,
+                        content_type=entry.content_type,
+                    )
                     entry.pool.append(worker)
                     entry.idle.put(worker)
             return entry.pool[0]

@@ -14,6 +14,7 @@ from typing import Any
 from qward.crypto.signatures import HybridSignature
 from qward.encoding import b64decode, b64encode, canonical_json, parse_canonical_json
 from qward.errors import FormatError
+from qward.receipts.circuit import check_circuit_record
 from qward.receipts.entries import receipt_entry
 
 __all__ = [
@@ -70,6 +71,8 @@ def check_body(body: dict[str, Any]) -> None:
         _require_digest(body[section], "sha256", section)
     if not isinstance(body["log"].get("origin"), str):
         raise FormatError("receipt body: log.origin must be a string")
+    if "circuit" in body["runtime"]:
+        check_circuit_record(body["runtime"]["circuit"], seed=body["seed"])
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from qward.errors import VerificationError
+from qward.receipts.circuit import circuit_differences
 from qward.tensors import Tensor, tensors_digest
 
 __all__ = [
@@ -88,8 +89,22 @@ def judge(
     replay_outputs: Sequence[Tensor],
     original_outputs: Sequence[Tensor] | None = None,
 ) -> ReplayVerdict:
-    """Judge a replay of the receipt ``body`` that ran under ``replay_runtime``."""
+    """Judge a replay of the receipt ``body`` that ran under ``replay_runtime``.
+
+    For a circuit receipt, ``replay_runtime["circuit"]`` is the replay's compiled-circuit record;
+    any difference from the receipt's is a mismatch whatever the outputs are.
+    """
     same = _environment(body["runtime"]) == _environment(replay_runtime)
+    if "circuit" in body["runtime"]:
+        differences = circuit_differences(body["runtime"]["circuit"], replay_runtime.get("circuit"))
+        if differences:
+            return ReplayVerdict(
+                verdict=MISMATCH,
+                same_environment=same,
+                max_abs=float("nan"),
+                max_rel=float("nan"),
+                detail="the compiled circuit differs from the receipt's: " + ", ".join(differences),
+            )
     if tensors_digest(replay_outputs) == body["output"]["sha256"]:
         return ReplayVerdict(
             verdict=BITWISE,

@@ -32,6 +32,9 @@ def _worker_env() -> dict[str, str]:
     env = {
         "ORT_DISABLE_TELEMETRY": "1",
         "OMP_NUM_THREADS": "1",
+        # OpenBLAS (numpy's, and the one PennyLane's scipy brings) reads its own variable first;
+        # pinning it too keeps every BLAS call in a worker single-threaded, hence deterministic.
+        "OPENBLAS_NUM_THREADS": "1",
         "PYTHONHASHSEED": "0",
         "PATH": "/usr/bin:/bin",
         "LANG": "C.UTF-8",
@@ -92,6 +95,7 @@ class WorkerProcess:
         self.info = info
         self._lock = threading.Lock()
         self._dead: str | None = None
+        self._last_record: dict[str, Any] = {}
 
     @classmethod
     def start(
@@ -101,8 +105,10 @@ class WorkerProcess:
         model_sha256: str,
         memory_limit: int = DEFAULT_MEMORY_LIMIT,
         timeout: float = 60.0,
+        content_type: str = "application/onnx",
     ) -> WorkerProcess:
-        """Spawn a worker, hand it the model and wait for its sandbox report."""
+        """Spawn a worker, hand it the model (ONNX, or a ``qward/circuit/v1`` spec when
+        ``content_type`` says so) and wait for its sandbox report."""
         # stderr is a pipe, never a file: the worker runs with RLIMIT_FSIZE=0, so writing to a
         # regular file would raise SIGXFSZ and kill it.
         proc = subprocess.Popen(
@@ -116,7 +122,12 @@ class WorkerProcess:
         threading.Thread(target=_relay_stderr, args=(proc,), daemon=True).start()
         worker = cls(proc, {})
         worker.info = worker._exchange(
-            {"op": "load", "model_sha256": model_sha256, "memory_limit": memory_limit},
+            {
+                "op": "load",
+                "model_sha256": model_sha256,
+                "memory_limit": memory_limit,
+                "content_type": content_type,
+            },
             model,
             timeout,
         )[0]
@@ -167,8 +178,21 @@ class WorkerProcess:
         self, tensors: Sequence[Tensor], *, seed: int, timeout: float = 30.0
     ) -> tuple[Tensor, ...]:
         """Run one request; the same tensors and seed always give the same bytes."""
-        _, body = self._exchange({"op": "run", "seed": seed}, encode_tensors(tensors), timeout)
+        reply, body = self._exchange({"op": "run", "seed": seed}, encode_tensors(tensors), timeout)
+        self._last_record = {k: v for k, v in reply.items() if k != "ok"}
         return decode_tensors(body)
+
+    def run_recorded(
+        self, tensors: Sequence[Tensor], *, seed: int, timeout: float = 30.0
+    ) -> tuple[tuple[Tensor, ...], dict[str, Any]]:
+        """Run one request; also return what the worker recorded about it beyond the outputs
+        (for a circuit, ``{"circuit": <compiled-circuit record>}``; for ONNX, nothing).
+
+        The caller must hold the worker exclusively, as ``ModelRegistry.borrow`` lends it: the
+        record is the one of this worker's latest ``run``.
+        """
+        outputs = self.run(tensors, seed=seed, timeout=timeout)
+        return outputs, self._last_record
 
     def _kill(self, why: str) -> int | None:
         self._dead = why

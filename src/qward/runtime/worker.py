@@ -23,6 +23,7 @@ import onnxruntime as ort
 from qward.errors import FormatError, InputError, QwardError, RuntimeFailure
 from qward.framing import read_frame, write_frame
 from qward.runtime import sandbox
+from qward.runtime.circuit_spec import CIRCUIT_CONTENT_TYPE, parse_circuit_spec
 from qward.runtime.determinism import (
     build_session_options,
     library_versions,
@@ -35,6 +36,7 @@ from qward.tensors import DATATYPES, Tensor, decode_tensors, encode_tensors
 __all__ = ["main"]
 
 MAX_MODEL_BYTES = 1024 * 1024 * 1024
+ONNX_CONTENT_TYPE = "application/onnx"
 _ORT_TYPES = {
     "tensor(bool)": "BOOL",
     "tensor(uint8)": "UINT8",
@@ -172,11 +174,25 @@ def _read_paths() -> list[str]:
         sysconfig.get_paths()["platlib"],
         os.path.dirname(ort.__file__),
         os.path.dirname(np.__file__),
+        # This package's directory, read-only: a circuit worker imports qward.runtime.circuits
+        # (and PennyLane) only after Landlock is in force, and an editable install keeps qward
+        # outside site-packages. PennyLane needs nothing more (checked with strace): Landlock
+        # refuses its import libssl, /etc/passwd (home directory for its config file) and CPU
+        # topology files, and it carries on without them; and nothing is added to the seccomp
+        # allowlist, since whatever it loads or sets up lazily, the warm-up run does first.
+        os.path.dirname(os.path.abspath(__file__)),
     }
     return sorted(p for p in paths if p and os.path.isdir(p))
 
 
-def _load(header: dict[str, Any], payload: bytes) -> tuple[_Model, dict[str, Any]]:
+def _open_circuit(payload: bytes) -> Any:
+    # Imported here so ONNX workers never pay for (or expose) PennyLane.
+    from qward.runtime.circuits import CircuitModel
+
+    return CircuitModel(parse_circuit_spec(payload))
+
+
+def _load(header: dict[str, Any], payload: bytes) -> tuple[Any, dict[str, Any]]:
     if header.get("op") != "load":
         raise FormatError("the first frame must be a load")
     if hashlib.sha256(payload).hexdigest() != header.get("model_sha256"):
@@ -184,25 +200,35 @@ def _load(header: dict[str, Any], payload: bytes) -> tuple[_Model, dict[str, Any
     memory_limit = header.get("memory_limit")
     if not isinstance(memory_limit, int) or memory_limit < 256 * 1024 * 1024:
         raise InputError("memory_limit must be at least 256 MiB")
+    content_type = header.get("content_type", ONNX_CONTENT_TYPE)
+    if content_type not in (ONNX_CONTENT_TYPE, CIRCUIT_CONTENT_TYPE):
+        raise InputError(f"the worker cannot run models of type {content_type!r}")
+    circuit = content_type == CIRCUIT_CONTENT_TYPE
     report = sandbox.IsolationReport()
     sandbox.apply_network_namespace(report)
     sandbox.apply_no_new_privs(report)
     sandbox.apply_landlock(report, read_only=_read_paths())
     sandbox.apply_rlimits(report, memory_limit=memory_limit)
     sandbox.probe(report, stage="pre-seccomp")
-    model = _Model(payload)
+    model: Any = _open_circuit(payload) if circuit else _Model(payload)
     del payload
     model.warm_up()
     sandbox.apply_seccomp(report)
     sandbox.probe(report, stage="final")
-    return model, {
-        "ok": True,
-        "isolation": report.to_json(),
-        "session_options": {
+    if circuit:
+        profile, libraries = model.profile(), {**LIBRARIES, **model.versions}
+    else:
+        profile = {
             **session_options_record(),
             "fresh_session_per_request": model.fresh_session_per_request,
-        },
-        "libraries": LIBRARIES,
+        }
+        libraries = LIBRARIES
+    return model, {
+        "ok": True,
+        "engine": "pennylane" if circuit else "onnxruntime",
+        "isolation": report.to_json(),
+        "session_options": profile,
+        "libraries": libraries,
         "platform_class": PLATFORM_CLASS,
         "inputs": model.inputs,
         "outputs": model.outputs,
@@ -236,8 +262,12 @@ def _serve(stdin: BinaryIO, stdout: BinaryIO) -> int:
             seed = header.get("seed")
             if not isinstance(seed, int):
                 raise InputError("seed must be an integer")
-            outputs = model.run(decode_tensors(payload), seed)
-            write_frame(stdout, {"ok": True}, encode_tensors(outputs))
+            result = model.run(decode_tensors(payload), seed)
+            if isinstance(model, _Model):
+                write_frame(stdout, {"ok": True}, encode_tensors(result))
+            else:  # a circuit also reports the compiled circuit its receipt binds
+                outputs, record = result
+                write_frame(stdout, {"ok": True, "circuit": record}, encode_tensors(outputs))
         except Exception as exc:
             write_frame(stdout, _error(exc))
 
