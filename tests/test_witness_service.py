@@ -31,6 +31,7 @@ class WitnessProcess:
     state: Path
     port: int
     keys: tuple[NoteVerifier, ...]
+    logs: tuple[str, ...] = (LOG_SIGNER.verifier().to_vkey(),)
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -49,8 +50,7 @@ class WitnessProcess:
                 str(self.state),
                 "--port",
                 str(self.port),
-                "--log",
-                LOG_SIGNER.verifier().to_vkey(),
+                *(f"--log={vkey}" for vkey in self.logs),
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
@@ -73,10 +73,10 @@ class WitnessProcess:
             self.proc = None
 
 
-@pytest.fixture()
-def witnesses(tmp_path: Path) -> Iterator[list[WitnessProcess]]:
-    started = []
-    for n in range(3):
+def init_witnesses(tmp_path: Path, count: int, logs: tuple[str, ...]) -> list[WitnessProcess]:
+    """``count`` witnesses with fresh keys, not yet serving."""
+    made = []
+    for n in range(count):
         state = tmp_path / f"witness{n}"
         init = subprocess.run(
             [
@@ -97,7 +97,13 @@ def witnesses(tmp_path: Path) -> Iterator[list[WitnessProcess]]:
         )
         keys = tuple(NoteVerifier.from_vkey(line) for line in init.stdout.split())
         assert {k.algorithm for k in keys} == {0x04, 0x06}
-        started.append(WitnessProcess(state=state, port=_free_port(), keys=keys))
+        made.append(WitnessProcess(state=state, port=_free_port(), keys=keys, logs=logs))
+    return made
+
+
+@pytest.fixture()
+def witnesses(tmp_path: Path) -> Iterator[list[WitnessProcess]]:
+    started = init_witnesses(tmp_path, 3, (LOG_SIGNER.verifier().to_vkey(),))
     for w in started:
         w.start()
     yield started

@@ -73,8 +73,13 @@ def test_run_without_log_never_opens_the_input(
     )
     header, payload = _run_request(service, digest)
     store.failing = True
-    with pytest.raises(AuditError, match="refused the entry"):
+    with pytest.raises(AuditError, match="disk I/O error"):
         service.dispatch(header, payload)
+    assert opened == []
+    # The log stays failed (fail closed) until the core restarts, even once the disk recovers.
+    store.failing = False
+    with pytest.raises(AuditError, match="sequencer failed"):
+        service.dispatch(*_run_request(service, digest))
     assert opened == []
 
 

@@ -11,7 +11,7 @@ import sys
 
 import typer
 
-from qward.cli import attested, audit, serving, witness
+from qward.cli import attested, audit, keys, serving, witness
 from qward.cli._app import app, err_console
 from qward.errors import (
     CoreUnavailableError,
@@ -25,7 +25,7 @@ from qward.errors import (
 __all__ = ["app", "main"]
 
 # The command modules register themselves on ``app`` when imported.
-_COMMANDS = (attested, audit, serving, witness)
+_COMMANDS = (attested, audit, keys, serving, witness)
 
 
 _EXIT_CODES: list[tuple[type[QwardError], int]] = [

@@ -16,9 +16,14 @@ from qward.tlog.layout import (
     tile_hashes,
     tile_width_at,
 )
-from qward.tlog.note import NoteSigner
+from qward.tlog.note import NoteSigner, note_signatures
+from qward.tlog.sequencer import Sequencer
+from qward.tlog.witness_client import WitnessClient
 
 __all__ = ["Auditor"]
+
+_APPEND_TIMEOUT = 30.0
+_BACKSTOP_INTERVAL = 1.0
 
 
 class Auditor:
@@ -29,8 +34,17 @@ class Auditor:
     everything sequenced so far and publishes a checkpoint covering it.
     """
 
-    def __init__(self, *, store: LogBackend, origin: str, signers: Sequence[NoteSigner]) -> None:
+    def __init__(
+        self,
+        *,
+        store: LogBackend,
+        origin: str,
+        signers: Sequence[NoteSigner],
+        witnesses: WitnessClient | None = None,
+    ) -> None:
         self._store = store
+        # Witnesses cosign each new checkpoint before it is handed out (none unless configured).
+        self._witnesses = witnesses
         self._origin = origin
         self._signers = tuple(signers)
         self._lock = threading.Lock()
@@ -38,6 +52,15 @@ class Auditor:
         # checkpoint already covers returns that checkpoint instead of signing another.
         self._publish_lock = threading.Lock()
         self._latest: tuple[bytes, Checkpoint] | None = None
+        # Appends go through the sequencer; its own checkpoints are a backstop, so that entries
+        # no request commits (access records, say) are covered within about a second.
+        self._sequencer = Sequencer(
+            store=store,
+            origin=origin,
+            signers=self._signers,
+            checkpoint_interval=_BACKSTOP_INTERVAL,
+            on_publish=self._published_by_sequencer,
+        )
 
     @property
     def origin(self) -> str:
@@ -45,15 +68,16 @@ class Auditor:
         return self._origin
 
     def record(self, entries: Sequence[bytes]) -> list[int]:
-        """Durably sequence ``entries``; raise ``AuditError`` if that is not certain."""
-        with (
-            self._lock,
-            tracer().start_as_current_span(
-                "qward.log.append", attributes={"qward.entries": len(entries)}
-            ),
+        """Durably sequence ``entries``; raise ``AuditError`` if that is not certain.
+
+        Concurrent callers share one transaction (group commit in the ``Sequencer``); each
+        returns only once its own entries are committed.
+        """
+        with tracer().start_as_current_span(
+            "qward.log.append", attributes={"qward.entries": len(entries)}
         ):
             try:
-                return self._store.sequence(entries)
+                return self._sequencer.add_many(entries).result(timeout=_APPEND_TIMEOUT)
             except AuditError:
                 raise
             except Exception as exc:
@@ -72,6 +96,7 @@ class Auditor:
                 try:
                     self._store.integrate()
                     note = self._store.publish(origin=self._origin, signers=self._signers)
+                    note = self._cosign(note)
                 except AuditError:
                     raise
                 except Exception as exc:
@@ -79,7 +104,36 @@ class Auditor:
                         f"publishing a checkpoint failed: {type(exc).__name__}"
                     ) from None
             self._latest = (note, Checkpoint.from_body(note.split(b"\n\n", 1)[0] + b"\n"))
+            self._sequencer.covered(note)
             return self._latest
+
+    def _published_by_sequencer(self, note: bytes) -> None:
+        with self._publish_lock:
+            latest = self._store.latest_checkpoint()
+            if latest == note:
+                note = self._cosign(note)
+            elif latest is not None and latest.startswith(note):
+                note = latest  # a request's commit already had it cosigned
+            else:
+                return  # a request published a newer checkpoint meanwhile, cosigned by it
+            checkpoint = Checkpoint.from_body(note.split(b"\n\n", 1)[0] + b"\n")
+            if self._latest is None or self._latest[1].size <= checkpoint.size:
+                self._latest = (note, checkpoint)
+
+    def close(self) -> None:
+        """Drain pending appends, publish a final checkpoint and stop the sequencer."""
+        self._sequencer.close(timeout=_APPEND_TIMEOUT)
+
+    def _cosign(self, note: bytes) -> bytes:
+        """Collect witness cosignatures on a newly published ``note`` and store them with it."""
+        # A note already carrying more than the log's own signatures was cosigned when published.
+        if self._witnesses is None or len(note_signatures(note)[1]) > len(self._signers):
+            return note
+        with tracer().start_as_current_span("qward.log.cosign"):
+            cosigned = self._witnesses.cosign(note, self._store.consistency_proof)
+        if cosigned != note:
+            self._store.add_cosignatures(cosigned)
+        return cosigned
 
     def inclusion_proof(self, index: int, size: int) -> tuple[bytes, ...]:
         """Inclusion proof from the store."""

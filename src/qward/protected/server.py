@@ -20,6 +20,7 @@ from typing import Any
 
 from qward import __version__
 from qward.core_protocol import MAX_FRAME_PAYLOAD
+from qward.encoding import read_limited
 from qward.errors import FormatError, QwardError
 from qward.framing import recv_frame, send_frame
 from qward.protected.auditor import Auditor
@@ -28,6 +29,8 @@ from qward.protected.models import ModelRegistry
 from qward.protected.service import CoreService
 from qward.protected.tracing import setup_tracing
 from qward.tlog.location import log_location, open_log_store
+from qward.tlog.witness_client import WitnessClient, load_witness_config
+from qward.tlog.witness_policy import WitnessPolicy
 
 __all__ = ["build_service", "main"]
 
@@ -47,8 +50,13 @@ def build_service(state_dir: Path) -> CoreService:
     else:
         keys = load_keystore(state_dir, passphrase=passphrase)
     store = open_log_store(log_location(state_dir))
-    auditor = Auditor(store=store, origin=keys.origin, signers=keys.log_signers)
+    witnesses, policy = _witnesses(state_dir)
+    auditor = Auditor(
+        store=store, origin=keys.origin, signers=keys.log_signers, witnesses=witnesses
+    )
     service = CoreService(keys=keys, auditor=auditor, registry=ModelRegistry(state_dir / "models"))
+    if policy is not None:
+        service.pin_witnesses(policy)
     if created:
         service.log_admin(
             "keystore-created",
@@ -59,6 +67,22 @@ def build_service(state_dir: Path) -> CoreService:
     trust_path.write_bytes(service.trust.to_bytes())
     service.log_admin("core-start", pid=os.getpid(), version=__version__)
     return service
+
+
+def _witnesses(state_dir: Path) -> tuple[WitnessClient | None, WitnessPolicy | None]:
+    """The witnesses in ``state_dir/witnesses.json``, if the operator configured any."""
+    path = state_dir / "witnesses.json"
+    if not path.exists():
+        return None, None
+    endpoints, policy = load_witness_config(
+        read_limited(str(path), limit=1024 * 1024, what="witness config")
+    )
+
+    def report(url: str, why: str) -> None:
+        # An unreachable witness costs its cosignature, not the run; clients enforce the quorum.
+        print(f"qward core: witness {url} did not cosign: {why}", file=sys.stderr, flush=True)
+
+    return WitnessClient(endpoints, on_error=report), policy
 
 
 class _Handler(socketserver.BaseRequestHandler):

@@ -11,7 +11,7 @@ import hashlib
 import os
 import secrets
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,8 +20,14 @@ from qward.crypto.envelope import parse_sealed
 from qward.encoding import b64decode, b64encode, canonical_json
 from qward.errors import InputError
 from qward.protected.auditor import Auditor
+from qward.protected.key_admin import KEY_ADMIN_OPS, build_trust, check_unwrap
 from qward.protected.keystore import CoreKeys
-from qward.protected.models import MAX_MODEL_BYTES, ModelEntry, ModelRegistry
+from qward.protected.models import (
+    MAX_MODEL_BYTES,
+    MODEL_CONTENT_TYPES,
+    ModelEntry,
+    ModelRegistry,
+)
 from qward.protected.opening import open_sealed
 from qward.protected.tracing import tracer
 from qward.receipts.entries import (
@@ -33,9 +39,9 @@ from qward.receipts.entries import (
 )
 from qward.receipts.receipt import RECEIPT_FORMAT, SIGNING_CONTEXT, ReceiptBundle
 from qward.receipts.replay_verdict import judge
-from qward.receipts.trust import TrustBundle
 from qward.receipts.verify import Verifier
 from qward.tensors import Tensor, decode_tensors, encode_tensors, tensors_digest
+from qward.tlog.witness_policy import WitnessPolicy
 
 __all__ = ["INPUT_CONTENT_TYPE", "MODEL_CONTENT_TYPE", "CoreService", "Reply"]
 
@@ -77,16 +83,16 @@ class CoreService:
         self._auditor = auditor
         self._models = registry
         self._src = sources or _Sources()
-        self.trust = TrustBundle(
-            origin=keys.origin,
-            log_verifiers=tuple(s.verifier() for s in keys.log_signers),
-            receipt_keys=(keys.receipt_signer.public_key,),
-            hpke_recipient=keys.hpke_public,
-        )
+        self.trust = build_trust(keys)
         self._verifier = Verifier(trust=self.trust)
 
     def _now(self) -> str:
         return self._src.clock().strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    def pin_witnesses(self, policy: WitnessPolicy) -> None:
+        """Publish ``policy`` in the trust bundle: receipts then need its witness quorum."""
+        self.trust = replace(self.trust, witness_policy=policy)
+        self._verifier = Verifier(trust=self.trust)
 
     def log_admin(self, action: str, **details: Any) -> None:
         """Record an administrative event and publish it."""
@@ -99,6 +105,7 @@ class CoreService:
         self, blob: bytes, *, purpose: str, request_id: str, content_type: str, limit: int
     ) -> bytes:
         artifact = parse_sealed(blob, limit=limit)
+        check_unwrap(self._keys, artifact.key_id, use=purpose)
         self._auditor.record(
             [
                 key_use_entry(
@@ -123,12 +130,14 @@ class CoreService:
                 blob, keys=self._keys.hpke, limit=limit, expected_content_type=content_type
             )
 
-    def _opener(self, request_id: str) -> Callable[[bytes], bytes]:
+    def _opener(
+        self, request_id: str, content_type: str = MODEL_CONTENT_TYPE
+    ) -> Callable[[bytes], bytes]:
         return lambda sealed: self._open(
             sealed,
             purpose="unseal-model",
             request_id=request_id,
-            content_type=MODEL_CONTENT_TYPE,
+            content_type=content_type,
             limit=MAX_MODEL_BYTES + 65536,
         )
 
@@ -142,16 +151,22 @@ class CoreService:
         if not isinstance(name, str) or not 0 < len(name) <= 200:
             raise InputError("model name must be 1 to 200 characters")
         request_id = self._src.token()
+        # An ONNX graph or a circuit spec; the authenticated header says which.
+        content_type = parse_sealed(payload, limit=MAX_MODEL_BYTES + 65536).content_type
+        if content_type not in MODEL_CONTENT_TYPES:
+            raise InputError(f"sealed artifact holds {content_type!r}, which is not a model type")
         plaintext = self._open(
             payload,
             purpose="unseal-model",
             request_id=request_id,
-            content_type=MODEL_CONTENT_TYPE,
+            content_type=content_type,
             limit=MAX_MODEL_BYTES + 65536,
         )
         digest = hashlib.sha256(plaintext).hexdigest()
-        entry = self._models.add(model_sha256=digest, sealed=payload, name=name)
-        worker = self._models.ensure_workers(entry, self._opener(request_id))
+        entry = self._models.add(
+            model_sha256=digest, sealed=payload, name=name, content_type=content_type
+        )
+        worker = self._models.ensure_workers(entry, self._opener(request_id, content_type))
         self.log_admin(
             "model-registered", model_sha256=digest, name=name, sealed_sha256=entry.sealed_sha256
         )
@@ -167,7 +182,7 @@ class CoreService:
 
     def _execute(
         self, entry: ModelEntry, sealed_input: bytes, *, seed: int, request_id: str, purpose: str
-    ) -> tuple[Any, tuple[Tensor, ...], tuple[Tensor, ...]]:
+    ) -> tuple[Any, tuple[Tensor, ...], tuple[Tensor, ...], dict[str, Any]]:
         inputs = decode_tensors(
             self._open(
                 sealed_input,
@@ -183,17 +198,17 @@ class CoreService:
             "qward.seed": seed,
         }
         with (
-            self._models.borrow(entry, self._opener(request_id)) as worker,
+            self._models.borrow(entry, self._opener(request_id, entry.content_type)) as worker,
             tracer().start_as_current_span("qward.run", attributes=span),
         ):
-            return worker, inputs, worker.run(inputs, seed=seed)
+            return worker, inputs, *worker.run_recorded(inputs, seed=seed)
 
     def op_run(self, header: dict[str, Any], payload: bytes) -> Reply:
         entry = self._models.get(str(header.get("model_sha256")))
         parameters = _parameters(header.get("parameters", {}))
         seed = _seed(header.get("seed"))
         request_id = self._src.token()
-        worker, inputs, outputs = self._execute(
+        worker, inputs, outputs, record = self._execute(
             entry, payload, seed=seed, request_id=request_id, purpose="unseal-input"
         )
         body = self._receipt_body(
@@ -204,6 +219,7 @@ class CoreService:
             seed=seed,
             parameters=parameters,
             request_id=request_id,
+            record=record,
         )
         with tracer().start_as_current_span(
             "qward.sign",
@@ -242,6 +258,7 @@ class CoreService:
         seed: int,
         parameters: dict[str, Any],
         request_id: str,
+        record: dict[str, Any],
     ) -> dict[str, Any]:
         return {
             "format": RECEIPT_FORMAT,
@@ -257,11 +274,13 @@ class CoreService:
             "parameters": parameters,
             "seed": seed,
             "runtime": {
-                "engine": "onnxruntime",
+                "engine": info.get("engine", "onnxruntime"),
                 "session_options": info["session_options"],
                 "libraries": info["libraries"],
                 "platform_class": info["platform_class"],
                 "qward": __version__,
+                # A circuit run binds its compiled circuit, shots and device seed.
+                **({"circuit": record["circuit"]} if "circuit" in record else {}),
             },
             "isolation": info["isolation"],
             "key_uses": [
@@ -282,7 +301,7 @@ class CoreService:
         body = self._verifier.verify(receipt.encode("utf-8")).body
         entry = self._models.get(str(body["model"]["sha256"]))
         request_id = self._src.token()
-        worker, inputs, outputs = self._execute(
+        worker, inputs, outputs, record = self._execute(
             entry,
             payload,
             seed=_seed(body["seed"]),
@@ -299,6 +318,7 @@ class CoreService:
             replay_runtime={
                 "platform_class": entry_info["platform_class"],
                 "libraries": entry_info["libraries"],
+                **({"circuit": record["circuit"]} if "circuit" in record else {}),
             },
             replay_outputs=outputs,
             original_outputs=decode_tensors(b64decode(original, what="original outputs"))
@@ -392,7 +412,7 @@ class CoreService:
 
     def dispatch(self, header: dict[str, Any], payload: bytes) -> Reply:
         """Route one request to its operation."""
-        handler = _OPS.get(str(header.get("op")))
+        handler = _OPS.get(str(header.get("op"))) or KEY_ADMIN_OPS.get(str(header.get("op")))
         if handler is None:
             raise InputError(f"unknown core operation {header.get('op')!r}")
         with tracer().start_as_current_span(f"qward.core.{header['op']}"):

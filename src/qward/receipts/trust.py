@@ -1,17 +1,20 @@
 """The trust bundle: the public keys a verifier pins, obtained out of band from the operator.
 
 A verifier never trusts keys that arrive inside the evidence it is checking; it looks up the key ids
-named by the evidence in this bundle.
+named by the evidence in this bundle. The bundle may also pin witnesses and a quorum: then every
+checkpoint a receipt rests on must carry that many valid witness cosignatures.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from qward.crypto.keys import HPKERecipientKey, HybridVerifyKey
 from qward.encoding import canonical_json, parse_canonical_json
-from qward.errors import FormatError, UnknownKeyError
+from qward.errors import FormatError, InputError, UnknownKeyError
 from qward.tlog.note import NoteVerifier
+from qward.tlog.witness_policy import Quorum, UnsafeNoWitnesses, WitnessPolicy
 
 __all__ = ["TRUST_FORMAT", "TrustBundle"]
 
@@ -27,6 +30,8 @@ class TrustBundle:
     log_verifiers: tuple[NoteVerifier, ...]
     receipt_keys: tuple[HybridVerifyKey, ...]
     hpke_recipient: HPKERecipientKey
+    #: Which witness cosignatures a receipt's checkpoint must carry (none unless configured).
+    witness_policy: WitnessPolicy = field(default_factory=UnsafeNoWitnesses)
 
     def receipt_key(self, key_id: str) -> HybridVerifyKey:
         """The pinned receipt key with ``key_id``."""
@@ -39,15 +44,19 @@ class TrustBundle:
 
     def to_bytes(self) -> bytes:
         """Canonical JSON encoding."""
-        return canonical_json(
-            {
-                "format": TRUST_FORMAT,
-                "origin": self.origin,
-                "log_verifiers": [v.to_vkey() for v in self.log_verifiers],
-                "receipt_keys": [k.to_json() for k in self.receipt_keys],
-                "hpke_recipient": self.hpke_recipient.to_json(),
+        doc: dict[str, Any] = {
+            "format": TRUST_FORMAT,
+            "origin": self.origin,
+            "log_verifiers": [v.to_vkey() for v in self.log_verifiers],
+            "receipt_keys": [k.to_json() for k in self.receipt_keys],
+            "hpke_recipient": self.hpke_recipient.to_json(),
+        }
+        if isinstance(self.witness_policy, Quorum):
+            doc["witnesses"] = {
+                "quorum": self.witness_policy.threshold,
+                "keys": [w.to_vkey() for w in self.witness_policy.witnesses],
             }
-        )
+        return canonical_json(doc)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> TrustBundle:
@@ -73,4 +82,22 @@ class TrustBundle:
             log_verifiers=tuple(NoteVerifier.from_vkey(v) for v in vkeys),
             receipt_keys=tuple(HybridVerifyKey.from_json(k) for k in rkeys),
             hpke_recipient=HPKERecipientKey.from_json(doc.get("hpke_recipient")),
+            witness_policy=_witness_policy(doc.get("witnesses")),
         )
+
+
+def _witness_policy(value: object) -> WitnessPolicy:
+    """The ``witnesses`` member: absent (no witnesses) or ``{"quorum": k, "keys": [vkey...]}``."""
+    if value is None:
+        return UnsafeNoWitnesses()
+    if not isinstance(value, dict):
+        raise FormatError("trust bundle: witnesses must be an object")
+    quorum, keys = value.get("quorum"), value.get("keys")
+    if type(quorum) is not int or not isinstance(keys, list) or not keys:
+        raise FormatError("trust bundle: witnesses need an integer quorum and a list of keys")
+    if not all(isinstance(k, str) for k in keys):
+        raise FormatError("trust bundle: witness keys must be verifier key strings")
+    try:
+        return Quorum(threshold=quorum, witnesses=tuple(NoteVerifier.from_vkey(k) for k in keys))
+    except InputError as exc:
+        raise FormatError(f"trust bundle: {exc}") from None

@@ -13,6 +13,7 @@ from qward.receipts.trust import TrustBundle
 from qward.tlog.checkpoint import Checkpoint
 from qward.tlog.merkle import leaf_hash, verify_inclusion
 from qward.tlog.note import open_note
+from qward.tlog.witness_policy import WitnessPolicy
 
 __all__ = ["VerifiedReceipt", "Verifier"]
 
@@ -33,15 +34,17 @@ class VerifiedReceipt:
 class Verifier:
     """Verifies receipt bundles against a pinned ``TrustBundle``."""
 
-    def __init__(self, *, trust: TrustBundle) -> None:
+    def __init__(self, *, trust: TrustBundle, witness_policy: WitnessPolicy | None = None) -> None:
         self._trust = trust
+        self._witnesses = trust.witness_policy if witness_policy is None else witness_policy
 
     def verify(self, data: bytes) -> VerifiedReceipt:
         """Verify a receipt file's bytes; raise a ``VerificationError`` or ``FormatError``.
 
         1. Parse strictly (canonical JSON, known format, every field typed).
         2. Verify the hybrid signature under the pinned receipt key named by the signature.
-        3. Open the checkpoint note: every pinned log key must have signed it.
+        3. Open the checkpoint note: every pinned log key must have signed it, and the witness
+           policy (the trust bundle's, unless one is given) must be met by its cosignatures.
         4. Check the checkpoint's origin against the pin and the body's ``log.origin``.
         5. Verify the RFC 9162 inclusion proof of the entry under the checkpoint's root.
         """
@@ -49,6 +52,7 @@ class Verifier:
         key = self._trust.receipt_key(bundle.signature.key_id)
         verify_hybrid(bundle.signed_message(), bundle.signature, key, context=SIGNING_CONTEXT)
         text, _ = open_note(bundle.checkpoint, self._trust.log_verifiers)
+        self._witnesses.check(bundle.checkpoint)
         checkpoint = Checkpoint.from_body(text)
         if checkpoint.origin != self._trust.origin:
             raise VerificationError(

@@ -64,6 +64,10 @@ class LogBackend(Protocol):
         """Sign and store a checkpoint of the integrated tree; returns the signed note."""
         ...
 
+    def add_cosignatures(self, note: bytes) -> None:
+        """Replace the latest checkpoint with the same note plus witness cosignature lines."""
+        ...
+
     def size(self) -> int:
         """The integrated tree size."""
         ...

@@ -85,7 +85,8 @@ class Sequencer:
         self._latest: bytes | None = None
         # Only the loop thread touches these.
         self._acknowledged = 0
-        self._last_checkpoint = float("-inf")
+        # The first checkpoint is due an interval after start, like every later one.
+        self._last_checkpoint = clock()
         self._thread = threading.Thread(target=self._run, name="qward-log-sequencer", daemon=True)
         self._thread.start()
 
@@ -132,6 +133,19 @@ class Sequencer:
             if not covered or self._latest is None:
                 raise AuditError(f"no checkpoint covers log entry {index} after {timeout} s")
             return self._latest
+
+    def covered(self, note: bytes) -> None:
+        """Tell the sequencer that ``note``, published by someone else, covers its tree size.
+
+        A caller that publishes on its own (say, to hand a checkpoint to a request at once)
+        saves the loop a redundant checkpoint for entries that ``note`` already covers.
+        """
+        size = note_checkpoint(note).size
+        with self._published:
+            if size > self._published_size:
+                self._published_size = size
+                self._latest = note
+                self._published.notify_all()
 
     @property
     def latest_checkpoint(self) -> bytes | None:

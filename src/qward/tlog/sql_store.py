@@ -26,7 +26,7 @@ from qward.errors import AuditError, InputError, ProofError
 from qward.tlog import merkle
 from qward.tlog.backend import check_entries, note_checkpoint, signer_ids
 from qward.tlog.checkpoint import Checkpoint
-from qward.tlog.note import NoteSigner, sign_note
+from qward.tlog.note import NoteSigner, add_signature_lines, sign_note
 
 __all__ = ["SCHEMA_VERSION", "SQLLogStore"]
 
@@ -203,6 +203,19 @@ class SQLLogStore(ABC):
                 (ids, note),
             )
         return note
+
+    def add_cosignatures(self, note: bytes) -> None:
+        """Replace the latest checkpoint with ``note``: the same note plus witness cosignatures.
+
+        Only signature lines may be added; the text and the log's own signatures stay as they
+        were, so the audit and every client see the same checkpoint, now cosigned.
+        """
+        with self._transaction("storing witness cosignatures"):
+            latest = self._one("SELECT seq, note FROM checkpoints ORDER BY seq DESC LIMIT 1")
+            if latest is None or not note.startswith(bytes(latest[1])):
+                raise AuditError("transparency log: cosignatures must extend the latest checkpoint")
+            add_signature_lines(bytes(latest[1]), note[len(bytes(latest[1])) :])
+            self._run("UPDATE checkpoints SET note = ? WHERE seq = ?", (note, latest[0]))
 
     def _check_extends(self, previous: Checkpoint, *, origin: str, size: int, root: bytes) -> None:
         if previous.origin != origin:

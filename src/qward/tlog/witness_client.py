@@ -9,6 +9,7 @@ the note. Witnesses are asked in parallel; one failing witness costs only its ow
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -16,12 +17,13 @@ from dataclasses import dataclass
 
 import httpx
 
-from qward.errors import QwardError, VerificationError
+from qward.errors import FormatError, QwardError, VerificationError
 from qward.tlog.checkpoint import Checkpoint
 from qward.tlog.note import NoteVerifier, add_signature_lines, note_signatures
 from qward.tlog.witness import SIZE_CONTENT_TYPE, add_checkpoint_body
+from qward.tlog.witness_policy import Quorum
 
-__all__ = ["WitnessClient", "WitnessEndpoint"]
+__all__ = ["WitnessClient", "WitnessEndpoint", "load_witness_config"]
 
 ProofSource = Callable[[int, int], tuple[bytes, ...]]
 _MAX_RESPONSE = 64 * 1024
@@ -46,6 +48,35 @@ def _verified_lines(note: bytes, lines: bytes, keys: Sequence[NoteVerifier]) -> 
             raise VerificationError(f"witness answered with a signature by unknown key {name!r}")
         key.verify(text, signature)
     return lines
+
+
+def load_witness_config(data: bytes) -> tuple[tuple[WitnessEndpoint, ...], Quorum]:
+    """Parse ``{"quorum": k, "witnesses": [{"url": ..., "keys": [vkey, ...]}, ...]}``.
+
+    Returns the endpoints to ask and the quorum policy clients should pin.
+    """
+    try:
+        doc = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise FormatError(f"witness config is not JSON: {exc}") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("witnesses"), list):
+        raise FormatError("witness config: expected an object with a 'witnesses' list")
+    endpoints = []
+    for item in doc["witnesses"]:
+        url, keys = item.get("url") if isinstance(item, dict) else None, None
+        if isinstance(item, dict):
+            keys = item.get("keys")
+        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+            raise FormatError("witness config: every witness needs an http(s) 'url'")
+        if not isinstance(keys, list) or not keys or not all(isinstance(k, str) for k in keys):
+            raise FormatError(f"witness config: witness {url} needs a list of 'keys'")
+        verifiers = tuple(NoteVerifier.from_vkey(k) for k in keys)
+        endpoints.append(WitnessEndpoint(url=url, keys=verifiers))
+    quorum = doc.get("quorum", len(endpoints))
+    if type(quorum) is not int:
+        raise FormatError("witness config: 'quorum' must be an integer")
+    policy = Quorum(threshold=quorum, witnesses=tuple(k for e in endpoints for k in e.keys))
+    return tuple(endpoints), policy
 
 
 class WitnessClient:

@@ -15,6 +15,8 @@ from qward.tlog.witness import Witness
 from qward.witness.app import create_witness_app
 from qward.witness.keys import create_witness_keys, load_witness_keys
 
+__all__ = ["main"]
+
 
 def _logs(vkeys: list[str]) -> dict[str, list[NoteVerifier]]:
     # A log's checkpoint key name is its origin (c2sp.org/tlog-checkpoint).

@@ -1,0 +1,56 @@
+"""The core gets every checkpoint cosigned by its witnesses; receipts need the pinned quorum."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from test_witness_service import init_witnesses
+
+from qward.client import Client
+from qward.core_process import CoreProcess
+from qward.errors import VerificationError
+from qward.receipts.trust import TrustBundle
+from qward.tlog.witness_policy import Quorum
+
+from conftest import example_bytes, iris_inputs
+
+
+def test_receipts_carry_a_witness_quorum_and_fail_without_it(tmp_path: Path) -> None:
+    state = tmp_path / "core"
+    CoreProcess.start(state).stop()  # first start creates the keys and the log's origin
+    trust = TrustBundle.from_bytes((state / "trust.json").read_bytes())
+    witnesses = init_witnesses(tmp_path, 2, tuple(v.to_vkey() for v in trust.log_verifiers))
+    config = {
+        "quorum": 2,
+        "witnesses": [{"url": w.url, "keys": [k.to_vkey() for k in w.keys]} for w in witnesses],
+    }
+    (state / "witnesses.json").write_text(json.dumps(config))
+    for w in witnesses:
+        w.start()
+    core = CoreProcess.start(state)
+    try:
+        with core.client() as connection:
+            pinned = connection.trust()
+            assert isinstance(pinned.witness_policy, Quorum)
+            assert pinned.witness_policy.threshold == 2
+            # The pinned bundle round-trips with its witnesses.
+            assert TrustBundle.from_bytes(pinned.to_bytes()) == pinned
+            sdk = Client(connection, trust=pinned)
+            model = sdk.register(example_bytes("iris-mlp.onnx"), name="iris-mlp")
+            inputs, seed = iris_inputs()
+            run = sdk.run(model.model_sha256, inputs, seed=seed)
+            assert run.verified.checkpoint.size > run.verified.bundle.index
+            assert pinned.witness_policy.check(run.verified.bundle.checkpoint) == tuple(
+                sorted(w.keys[0].name for w in witnesses)
+            )
+            # One witness down: the next checkpoint has one cosignature, and the SDK refuses it.
+            witnesses[1].stop()
+            with pytest.raises(VerificationError, match="requires 2"):
+                sdk.run(model.model_sha256, inputs, seed=seed + 1)
+    finally:
+        core.stop()
+        for w in witnesses:
+            w.stop()
+    assert "did not cosign" in (state / "core.log").read_text()
