@@ -26,6 +26,9 @@ __all__ = ["AccessControl", "Rule", "rule_for"]
 _OPEN = re.compile(r"^/(livez|readyz|metrics|docs|openapi\.json|v2/health/(live|ready)|v2)$")
 _V2_MODEL = re.compile(r"^/v2/models/([^/]+)(/.*)?$")
 _V1_INFER = re.compile(r"^/v1/models/([0-9a-f]{64})/infer$")
+# Only token ids may reach the log: a bearer token pasted into a URL path by mistake is redacted
+# from the access record (the shape of ``auth.TokenStore`` tokens: ``qwt_`` and base64url).
+_TOKEN_IN_PATH = re.compile(r"qwt_[A-Za-z0-9_-]+")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -91,7 +94,7 @@ class AccessControl:
                 token_id=principal.token_id if principal else None,
                 role=principal.role if principal else None,
                 method=request.method,
-                path=request.url.path,
+                path=_TOKEN_IN_PATH.sub("qwt_[redacted]", request.url.path),
                 decision="allow" if status == 200 else f"deny-{status}",
             )
         except QwardError as exc:

@@ -7,6 +7,7 @@ been verified offline against that trust bundle, and every output checked agains
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -14,6 +15,13 @@ from typing import Any
 from qward.core_protocol import CoreInterface, ModelInfo, ReplayResult
 from qward.crypto.envelope import seal as _seal
 from qward.errors import ReplayMismatchError, VerificationError
+from qward.receipts.commitment import (
+    INPUT_CONTENT_TYPE,
+    SALT_BYTES,
+    SALTED_INPUT_CONTENT_TYPE,
+    check_input,
+    salted_plaintext,
+)
 from qward.receipts.replay_verdict import BITWISE, WITHIN_TOLERANCE
 from qward.receipts.trust import TrustBundle
 from qward.receipts.verify import VerifiedReceipt, Verifier
@@ -32,7 +40,6 @@ __all__ = [
 ]
 
 MODEL_CONTENT_TYPE = "application/onnx"
-INPUT_CONTENT_TYPE = "application/vnd.qward.tensors"
 
 
 def seal_model(model: bytes, *, trust: TrustBundle) -> bytes:
@@ -42,11 +49,20 @@ def seal_model(model: bytes, *, trust: TrustBundle) -> bytes:
     return _seal(model, recipient=trust.hpke_recipient, content_type=content_type)
 
 
-def seal_input(tensors: Sequence[Tensor], *, trust: TrustBundle) -> bytes:
-    """Seal a set of input tensors to the core named in ``trust``."""
-    return _seal(
-        encode_tensors(tensors), recipient=trust.hpke_recipient, content_type=INPUT_CONTENT_TYPE
-    )
+def seal_input(
+    tensors: Sequence[Tensor], *, trust: TrustBundle, salt: bytes | None = None
+) -> bytes:
+    """Seal a set of input tensors to the core named in ``trust``.
+
+    With ``salt`` (32 random bytes the caller keeps), the salt is sealed with the tensors and the
+    receipt records only a salted commitment to the input (``qward.receipts.commitment``).
+    """
+    if salt is None:
+        plaintext, content_type = encode_tensors(tensors), INPUT_CONTENT_TYPE
+    else:
+        plaintext = salted_plaintext(salt, encode_tensors(tensors))
+        content_type = SALTED_INPUT_CONTENT_TYPE
+    return _seal(plaintext, recipient=trust.hpke_recipient, content_type=content_type)
 
 
 def verify(receipt: bytes, *, trust: TrustBundle) -> VerifiedReceipt:
@@ -61,6 +77,9 @@ class VerifiedRun:
     outputs: tuple[Tensor, ...]
     receipt: bytes
     verified: VerifiedReceipt
+    #: The salt the receipt's input commitment uses, if the run committed to its input; keep it
+    #: (it is what lets anyone check the input later, and it is never sent anywhere in clear).
+    input_salt: bytes | None = None
 
     @property
     def log_index(self) -> int:
@@ -87,27 +106,35 @@ class Client:
         *,
         seed: int,
         parameters: dict[str, Any] | None = None,
+        commit_input: bool = False,
     ) -> VerifiedRun:
-        """Run a model on sealed inputs; verify the receipt and that it matches what came back."""
+        """Run a model on sealed inputs; verify the receipt and that it matches what came back.
+
+        With ``commit_input``, a fresh salt travels sealed with the inputs and the receipt (and
+        so the public log) holds only a salted commitment to them; the salt is returned in
+        ``VerifiedRun.input_salt`` and nowhere else.
+        """
+        salt = secrets.token_bytes(SALT_BYTES) if commit_input else None
         result = self._core.run(
             model_sha256,
-            seal_input(inputs, trust=self.trust),
+            seal_input(inputs, trust=self.trust, salt=salt),
             seed=seed,
             parameters=parameters or {},
         )
         verified = self._verifier.verify(result.receipt)
         body = verified.body
-        checks = {
-            "model": model_sha256,
-            "input": tensors_digest(inputs),
-            "output": tensors_digest(result.outputs),
-        }
+        checks = {"model": model_sha256, "output": tensors_digest(result.outputs)}
         for section, digest in checks.items():
             if body[section]["sha256"] != digest:
                 raise VerificationError(f"receipt's {section} digest does not match this run")
+        if (salt is None) != ("sha256" in body["input"]):
+            raise VerificationError("receipt names its input differently than requested")
+        check_input(body["input"], inputs, salt)
         if body["seed"] != seed:
             raise VerificationError("receipt records a different seed than requested")
-        return VerifiedRun(outputs=result.outputs, receipt=result.receipt, verified=verified)
+        return VerifiedRun(
+            outputs=result.outputs, receipt=result.receipt, verified=verified, input_salt=salt
+        )
 
     def replay(
         self,
@@ -115,16 +142,17 @@ class Client:
         inputs: Sequence[Tensor],
         *,
         original_outputs: Sequence[Tensor] | None = None,
+        input_salt: bytes | None = None,
     ) -> ReplayResult:
         """Replay a receipt. On the same platform and environment only bit-identical outputs
         pass; elsewhere, given the original outputs, the declared tolerance applies. Anything
         else raises ``ReplayMismatchError``."""
         verified = self._verifier.verify(receipt)
-        if tensors_digest(inputs) != verified.body["input"]["sha256"]:
-            raise VerificationError("these inputs are not the inputs the receipt records")
+        check_input(verified.body["input"], inputs, input_salt)
+        salt = input_salt if "hmac_sha256" in verified.body["input"] else None
         result = self._core.replay(
             receipt,
-            seal_input(inputs, trust=self.trust),
+            seal_input(inputs, trust=self.trust, salt=salt),
             tuple(original_outputs) if original_outputs is not None else None,
         )
         expected = verified.body["output"]["sha256"]

@@ -22,6 +22,7 @@ from qward.errors import (
     QwardError,
     VerificationError,
 )
+from qward.receipts.commitment import check_input
 from qward.receipts.trust import TrustBundle
 from qward.receipts.verify import VerifiedReceipt, Verifier
 from qward.tensors import Tensor, tensors_digest
@@ -113,14 +114,12 @@ def _check(
     receipt = str(doc["parameters"]["qward_receipt"]).encode("utf-8")
     verified = verifier.verify(receipt)
     body = verified.body
-    expected = {
-        "model": model_sha256,
-        "input": tensors_digest(inputs),
-        "output": tensors_digest(outputs),
-    }
+    expected = {"model": model_sha256, "output": tensors_digest(outputs)}
     for section, digest in expected.items():
         if body[section]["sha256"] != digest:
             raise VerificationError(f"the receipt's {section} digest does not match this inference")
+    # The public server seals HTTP inputs itself, unsalted: the receipt names them by digest.
+    check_input(body["input"], inputs, None)
     if body["seed"] != seed:
         raise VerificationError("the receipt records a different seed")
     return VerifiedInference(outputs=outputs, receipt=receipt, verified=verified)

@@ -19,7 +19,7 @@ from qward.tlog.merkle import (
     verify_consistency,
     verify_inclusion,
 )
-from qward.tlog.note import open_note
+from qward.tlog.note import open_note_by_any_set
 from qward.tlog.tile_reader import TileReader
 
 __all__ = ["LogClient"]
@@ -67,7 +67,7 @@ class LogClient:
 
     def checkpoint(self) -> Checkpoint:
         """The latest checkpoint, after checking every pinned log signature and the origin."""
-        text, _ = open_note(self._get("checkpoint"), self._trust.log_verifiers)
+        text, _ = open_note_by_any_set(self._get("checkpoint"), self._trust.log_key_sets)
         checkpoint = Checkpoint.from_body(text)
         if checkpoint.origin != self._trust.origin:
             raise VerificationError(f"checkpoint is for {checkpoint.origin!r}, not the pinned log")

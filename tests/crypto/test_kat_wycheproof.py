@@ -32,8 +32,9 @@ from cryptography.hazmat.primitives.serialization import (
     load_der_public_key,
 )
 
-from qward.crypto.keys import HPKERecipientKey, HybridVerifyKey
+from qward.crypto.keys import HPKERecipientKey, ReceiptVerifyKey
 from qward.errors import FormatError
+from qward.suites import MLDSA65, MLDSA65_ED25519
 
 VECTORS = Path(__file__).parent / "vectors"
 WYCHEPROOF = VECTORS / "wycheproof"
@@ -265,12 +266,18 @@ def test_mldsa65_verify_vectors(case: Case) -> None:
             mldsa.MLDSA65PublicKey.from_public_bytes(raw)
         with pytest.raises(ValueError):
             load_der_public_key(der)
-        with pytest.raises(FormatError, match="wrong public key lengths"):
-            HybridVerifyKey(mldsa65=raw, ed25519=_ED25519_FILLER)
+        with pytest.raises(FormatError, match="wrong components"):
+            ReceiptVerifyKey(
+                suite=MLDSA65_ED25519, parts=(("mldsa65", raw), ("ed25519", _ED25519_FILLER))
+            )
+        with pytest.raises(FormatError, match="wrong components"):
+            ReceiptVerifyKey(suite=MLDSA65, parts=(("mldsa65", raw),))
         return
     assert load_der_public_key(der) == mldsa.MLDSA65PublicKey.from_public_bytes(raw)
-    # The key qward verifies receipts with: its hybrid key type's ML-DSA-65 component.
-    public, _ = HybridVerifyKey(mldsa65=raw, ed25519=_ED25519_FILLER).components()
+    # The key qward verifies receipts with: the ML-DSA-65 component of its hybrid key type.
+    hybrid = (("mldsa65", raw), ("ed25519", _ED25519_FILLER))
+    public = ReceiptVerifyKey(suite=MLDSA65_ED25519, parts=hybrid).components()["mldsa65"]
+    assert isinstance(public, mldsa.MLDSA65PublicKey)
     sig, msg, ctx = case.hex("sig"), case.hex("msg"), _context(case)
     if case.result == "valid":
         public.verify(sig, msg, ctx)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from qward.client import seal_model
+from qward.client import seal_input, seal_model
 from qward.crypto.envelope import parse_sealed, seal
 from qward.crypto.manifest import KeyState, Purpose, verify_manifest
 from qward.encoding import canonical_json
@@ -17,9 +17,11 @@ from qward.protected.key_admin import op_keys_list, op_keys_retire, op_keys_rota
 from qward.protected.keyring import KeyRing
 from qward.protected.keystore import create_keystore, load_keystore
 from qward.protected.service import MODEL_CONTENT_TYPE, CoreService
+from qward.receipts.verify import Verifier
 from qward.suites import Policy, suite_policy
 
 from .conftest import log_entries, write_v1_keystore
+from conftest import example_bytes, iris_inputs
 
 MODEL = b"not really onnx, but sealed all the same " * 20
 
@@ -101,9 +103,7 @@ def test_old_receipt_keys_stay_in_the_trust_bundle(service: CoreService) -> None
     assert first in [k.key_id for k in service.trust.receipt_keys]
 
 
-def test_checkpoint_rotation_is_refused_clearly(service: CoreService) -> None:
-    with pytest.raises(InputError, match="checkpoint-signing keys is not supported"):
-        op_keys_rotate(service, {"purpose": "checkpoint-signing"}, b"")
+def test_an_unknown_purpose_is_refused_clearly(service: CoreService) -> None:
     with pytest.raises(InputError, match="unknown key purpose"):
         op_keys_rotate(service, {"purpose": "everything"}, b"")
 
@@ -193,11 +193,44 @@ def test_policies_name_their_suites_in_full() -> None:
     assert suite_policy("cnsa").accepted == {"MLKEM1024_HKDF_SHA384_AES_256_GCM", "MLDSA87"}
 
 
-def test_switching_to_a_policy_receipts_cannot_meet_is_refused(service: CoreService) -> None:
-    before = service._keys.ring.manifest()
-    with pytest.raises(CryptoError, match="MLDSA87 receipt signatures"):
-        op_keys_rotate(service, {"policy": "cnsa"}, b"")
-    assert service._keys.ring.manifest() == before
+def _signed_run(service: CoreService, model: str) -> bytes:
+    inputs, seed = iris_inputs()
+    reply, _ = service.dispatch(
+        {"op": "run", "model_sha256": model, "seed": seed}, seal_input(inputs, trust=service.trust)
+    )
+    return str(reply["receipt"]).encode()
+
+
+@pytest.mark.parametrize(
+    ("policy", "kem", "signature"),
+    [
+        ("cnsa", "MLKEM1024_HKDF_SHA384_AES_256_GCM", "MLDSA87"),
+        ("pq-only", "MLKEM768_HKDF_SHA256_AES_256_GCM", "MLDSA65"),
+        ("classical", "X25519_HKDF_SHA256_AES_256_GCM", "ED25519"),
+    ],
+)
+def test_a_policy_switch_moves_seals_and_receipts_to_its_suites(
+    service: CoreService, policy: str, kem: str, signature: str
+) -> None:
+    reply, _ = service.dispatch(
+        {"op": "register_model", "name": "iris"},
+        seal_model(example_bytes("iris-mlp.onnx"), trust=service.trust),
+    )
+    model = str(reply["model_sha256"])
+    before = _signed_run(service, model)
+    assert json.loads(before)["signature"]["suite"] == "MLDSA65_ED25519"
+    op_keys_rotate(service, {"policy": policy}, b"")
+    assert service.trust.hpke_recipient.suite == kem
+    after = _signed_run(service, model)
+    assert json.loads(after)["signature"]["suite"] == signature
+    # Both verify against the new trust bundle: it keeps every enabled receipt key version.
+    verifier = Verifier(trust=service.trust)
+    assert verifier.verify(before).body["seed"] == verifier.verify(after).body["seed"]
+    # A receipt re-labelled with the old suite under the new key id does not pass.
+    doc = json.loads(after)
+    doc["signature"]["suite"] = "MLDSA65_ED25519"
+    with pytest.raises((FormatError, SignatureError)):
+        verifier.verify(canonical_json(doc))
 
 
 def test_v1_keystore_migrates_on_load_and_keeps_key_ids(tmp_path: Path) -> None:

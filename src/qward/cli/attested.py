@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -26,11 +27,11 @@ from qward.core_process import CoreProcess, core_session
 from qward.encoding import read_limited
 from qward.errors import (
     InputError,
-    VerificationError,
 )
+from qward.receipts.commitment import SALT_BYTES, check_input
 from qward.receipts.receipt import MAX_RECEIPT_BYTES
 from qward.receipts.verify import Verifier
-from qward.tensors import tensors_digest, tensors_from_json, tensors_to_json
+from qward.tensors import tensors_from_json, tensors_to_json
 
 __all__: list[str] = []
 
@@ -117,6 +118,13 @@ def _run(
     ],
     input_file: Annotated[Path, typer.Option("--input", help="V2 JSON inference request.")],
     receipt_out: Annotated[Path, typer.Option("--receipt", help="Where to write the receipt.")],
+    commit_input: Annotated[
+        bool,
+        typer.Option(
+            "--commit-input",
+            help="Log only a salted commitment to the input; the salt goes to RECEIPT.salt.",
+        ),
+    ] = False,
     state_dir: StateDir = DEFAULT_STATE,
 ) -> None:
     """Register a model if needed, run it on a request, and write the verified receipt."""
@@ -132,8 +140,10 @@ def _run(
         digest = hashlib.sha256(model_bytes).hexdigest()
         if not any(m["model_sha256"] == digest for m in core_client.models()):
             sdk.register(model_bytes, name=model.stem)
-        result = sdk.run(digest, inputs, seed=seed, parameters=params)
+        result = sdk.run(digest, inputs, seed=seed, parameters=params, commit_input=commit_input)
     receipt_out.write_bytes(result.receipt)
+    if result.input_salt is not None:
+        _write_salt(_salt_path(receipt_out), result.input_salt)
     console.print_json(
         json.dumps(
             {
@@ -145,6 +155,38 @@ def _run(
     )
 
 
+def _salt_path(receipt: Path) -> Path:
+    return receipt.with_name(receipt.name + ".salt")
+
+
+def _write_salt(path: Path, salt: bytes) -> None:
+    # The salt is what turns the receipt's commitment back into a checkable input digest: it
+    # stays with the data owner, readable only by them.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(salt.hex() + "\n")
+
+
+def _read_salt(receipt: Path, given: Path | None) -> bytes | None:
+    path = given if given is not None else _salt_path(receipt)
+    if given is None and not path.exists():
+        return None
+    text = read_limited(str(path), limit=256, what="input salt").decode("ascii", "replace")
+    try:
+        salt = bytes.fromhex(text.strip())
+    except ValueError:
+        raise InputError(f"{path} does not hold a hex input salt") from None
+    if len(salt) != SALT_BYTES:
+        raise InputError(f"{path} holds {len(salt)} bytes, not a {SALT_BYTES}-byte input salt")
+    return salt
+
+
+SaltOption = Annotated[
+    Path | None,
+    typer.Option("--input-salt", help="The input salt file (default: RECEIPT.salt, if it exists)."),
+]
+
+
 @app.command("verify")
 def _verify(
     receipt: Annotated[Path, typer.Argument(help="Receipt file to verify offline.")],
@@ -153,6 +195,7 @@ def _verify(
     input_file: Annotated[
         Path | None, typer.Option("--input", help="Also check this input.")
     ] = None,
+    input_salt: SaltOption = None,
     state_dir: StateDir = DEFAULT_STATE,
 ) -> None:
     """Verify a receipt offline: signatures, inclusion proof and signed checkpoint."""
@@ -165,8 +208,7 @@ def _verify(
         inputs, _ = tensors_from_json(
             read_limited(str(input_file), limit=MAX_REQUEST_FILE, what="input")
         )
-        if tensors_digest(inputs) != verified.body["input"]["sha256"]:
-            raise VerificationError("the input file is not the input this receipt records")
+        check_input(verified.body["input"], inputs, _read_salt(receipt, input_salt))
     console.print(
         f"[green]OK[/green] receipt {verified.bundle.receipt_id}: signature "
         f"{verified.bundle.signature.suite}, log entry {verified.bundle.index} of "
@@ -185,6 +227,7 @@ def _replay(
             "them): allows a tolerance verdict on another platform."
         ),
     ] = None,
+    input_salt: SaltOption = None,
     state_dir: StateDir = DEFAULT_STATE,
 ) -> None:
     """Re-run the receipt's model on the same input and seed: bit-identical on the same platform
@@ -205,7 +248,10 @@ def _replay(
         original, _ = tensors_from_json(json.dumps({"inputs": doc["outputs"]}).encode())
     with core_session(state_dir) as core_client:
         result = Client(core_client, trust=trust_bundle(state_dir, None)).replay(
-            receipt_bytes, inputs, original_outputs=original
+            receipt_bytes,
+            inputs,
+            original_outputs=original,
+            input_salt=_read_salt(receipt, input_salt),
         )
     console.print(
         f"[green]{result.verdict}[/green]: output sha256 {result.output_sha256}"

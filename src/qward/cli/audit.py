@@ -1,14 +1,22 @@
-"""Transparency-log and audit commands: log verify, audit query/export/verify."""
+"""Transparency-log and audit commands: log verify, audit query/gaps/export/verify."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
-from qward.audit import export_evidence, query_runs, verify_evidence
+from qward.audit import (
+    CLOCK_TOLERANCE_SECONDS,
+    GapReport,
+    export_evidence,
+    find_gaps,
+    query_runs,
+    verify_evidence,
+)
 from qward.cli._app import (
     DEFAULT_STATE,
     StateDir,
@@ -18,12 +26,11 @@ from qward.cli._app import (
     trust_bundle,
 )
 from qward.encoding import read_limited
-from qward.errors import (
-    InputError,
-)
+from qward.errors import InputError, VerificationError
 from qward.receipts.trust import TrustBundle
 from qward.tlog.backend import LogBackend
 from qward.tlog.location import log_location, open_log_store
+from qward.tlog.witness_policy import Quorum
 
 __all__: list[str] = []
 
@@ -46,7 +53,14 @@ def _log_verify(state_dir: StateDir = DEFAULT_STATE, log_database: LogDatabase =
     trust = trust_bundle(state_dir, None)
     store = _open_log(state_dir, log_database)
     try:
-        report = verify_log(store, origin=trust.origin, verifiers=trust.log_verifiers)
+        witnesses = trust.witness_policy
+        report = verify_log(
+            store,
+            origin=trust.origin,
+            verifiers=trust.log_verifiers,
+            key_sets=trust.log_key_sets,
+            cosigners=witnesses.witnesses if isinstance(witnesses, Quorum) else (),
+        )
     finally:
         store.close()
     console.print(
@@ -67,13 +81,17 @@ def _audit_query(
     model: Annotated[str | None, typer.Option(help="Model name or sha256.")] = None,
     caller: Annotated[str | None, typer.Option(help="Token id of the caller.")] = None,
     since: Annotated[str | None, typer.Option(help="ISO time, e.g. 2026-11-24T00:00:00Z.")] = None,
+    show_gaps: Annotated[
+        bool, typer.Option("--show-gaps", help="Also list unclean core stops and clock jumps.")
+    ] = False,
     state_dir: StateDir = DEFAULT_STATE,
     log_database: LogDatabase = None,
 ) -> None:
-    """Who ran which model on which input digest, and when."""
+    """Who ran which model on which input digest, and when (warning if the log has gaps)."""
     store = _open_log(state_dir, log_database)
     try:
         records = query_runs(store, model=model, caller=caller, since=since)
+        gaps = find_gaps(store)
     finally:
         store.close()
     table = Table("log index", "issued at", "caller", "model", "input sha256", "output sha256")
@@ -88,6 +106,76 @@ def _audit_query(
         )
     console.print(table)
     console.print(f"{len(records)} runs")
+    if show_gaps:
+        _print_gaps(gaps)
+    elif gaps.has_gaps:
+        console.print(
+            f"[yellow]warning[/yellow]: the log shows {len(gaps.unclean_stops)} unclean core "
+            f"stops and {len(gaps.clock_rollbacks)} clock rollbacks; see `qward audit gaps`"
+        )
+
+
+@audit_app.command("gaps")
+def _audit_gaps(
+    clock_tolerance: Annotated[
+        float,
+        typer.Option(help="Seconds an entry may lag the one before it without being flagged."),
+    ] = CLOCK_TOLERANCE_SECONDS,
+    state_dir: StateDir = DEFAULT_STATE,
+    log_database: LogDatabase = None,
+) -> None:
+    """Core runs that ended without a clean stop, and clock jumps backwards; exit 1 if any."""
+    if clock_tolerance < 0:
+        raise InputError("--clock-tolerance must not be negative")
+    store = _open_log(state_dir, log_database)
+    try:
+        gaps = find_gaps(store, tolerance=clock_tolerance)
+    finally:
+        store.close()
+    _print_gaps(gaps)
+    if gaps.has_gaps:
+        # The CLI's one error exit: exit code 1, like any other check that did not pass.
+        raise VerificationError(
+            f"the log shows {len(gaps.unclean_stops)} unclean core stops and "
+            f"{len(gaps.clock_rollbacks)} clock rollbacks"
+        )
+
+
+def _print_gaps(gaps: GapReport) -> None:
+    if gaps.unclean_stops:
+        table = Table(
+            "run started", "pid", "last entry", "restarted", title="Core runs without a clean stop"
+        )
+        for gap in gaps.unclean_stops:
+            run = gap.run
+            table.add_row(
+                f"#{run.start_index} {run.started_at}",
+                "-" if run.pid is None else str(run.pid),
+                f"#{run.last_index} {run.last_at}",
+                f"#{gap.restart_index} {gap.restarted_at}",
+            )
+        console.print(table)
+    if gaps.clock_rollbacks:
+        table = Table("entry", "stamped", "previous entry", "back by", title="Clock rollbacks")
+        for back in gaps.clock_rollbacks:
+            table.add_row(
+                f"#{back.index}",
+                back.at,
+                f"#{back.previous_index} {back.previous_at}",
+                f"{back.seconds:.0f} s",
+            )
+        console.print(table)
+    if gaps.open_run is not None:
+        run = gaps.open_run
+        console.print(
+            f"the core run started at #{run.start_index} ({run.started_at}) has no stop entry: "
+            f"it is running, or stopped uncleanly and has not been restarted"
+        )
+    colour = "red" if gaps.has_gaps else "green"
+    console.print(
+        f"[{colour}]{len(gaps.unclean_stops)} unclean stops, {len(gaps.clock_rollbacks)} "
+        f"clock rollbacks[/{colour}] in {gaps.entries} entries ({gaps.starts} core starts)"
+    )
 
 
 @audit_app.command("export")
@@ -106,7 +194,13 @@ def _audit_export(
     finally:
         store.close()
     output.write_bytes(bundle)
-    console.print(f"wrote {output}: {len(runs)} receipts with inclusion proofs")
+    included = len(json.loads(bundle)["items"])
+    console.print(f"wrote {output}: {included} receipts with inclusion proofs")
+    if included < len(runs):
+        console.print(
+            f"[yellow]warning[/yellow]: {len(runs) - included} newer receipts are not yet covered "
+            "by a checkpoint carrying the pinned witness quorum; export again later"
+        )
 
 
 @audit_app.command("verify")
@@ -123,3 +217,18 @@ def _audit_verify(
         f"[green]OK[/green] {report.entries} entries ({report.receipts} receipts) "
         f"proved against checkpoint {report.checkpoint.size} of {report.checkpoint.origin}"
     )
+    if report.quorum:
+        console.print(
+            f"cosigned by {len(report.cosigned_by)} pinned witnesses (quorum {report.quorum}): "
+            + ", ".join(report.cosigned_by)
+        )
+    else:
+        console.print(
+            "[yellow]warning[/yellow]: the pinned trust bundle requires no witness cosignatures "
+            "(UnsafeNoWitnesses); the checkpoint is not protected against a split view"
+            + (
+                ", although the operator declares witnesses: pin them to check them"
+                if report.unpinned_witnesses
+                else ""
+            )
+        )

@@ -17,8 +17,11 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from qward.encoding import b64decode, b64encode, domain_hash
 from qward.errors import FormatError
 from qward.suites import (
+    ED25519,
     KEM_SUITES,
+    MLDSA65,
     MLDSA65_ED25519,
+    MLDSA87,
     MLKEM768_HKDF_SHA256_AES_256_GCM,
     MLKEM768_X25519_HKDF_SHA256_AES_256_GCM,
     MLKEM1024_HKDF_SHA384_AES_256_GCM,
@@ -26,11 +29,19 @@ from qward.suites import (
     require_suite,
 )
 
-__all__ = ["HPKEPublicKey", "HPKERecipientKey", "HybridVerifyKey", "key_id_for"]
+__all__ = [
+    "SIGNATURE_LAYOUT",
+    "HPKEPublicKey",
+    "HPKERecipientKey",
+    "ReceiptVerifyKey",
+    "SignaturePublicKey",
+    "key_id_for",
+]
 
 _MLKEM768_PUBLIC_LEN = 1184
 _MLKEM1024_PUBLIC_LEN = 1568
 _MLDSA65_PUBLIC_LEN = 1952
+_MLDSA87_PUBLIC_LEN = 2592
 _RAW32 = 32
 
 
@@ -149,59 +160,83 @@ class HPKERecipientKey:
         return key
 
 
-@dataclass(frozen=True, kw_only=True)
-class HybridVerifyKey:
-    """An ML-DSA-65 + Ed25519 verification key; a signature must verify under both halves."""
+#: The public components of each receipt-signature suite, in key-id order, with their lengths.
+SIGNATURE_LAYOUT: dict[str, tuple[tuple[str, int], ...]] = {
+    MLDSA65_ED25519: (("mldsa65", _MLDSA65_PUBLIC_LEN), ("ed25519", _RAW32)),
+    MLDSA65: (("mldsa65", _MLDSA65_PUBLIC_LEN),),
+    MLDSA87: (("mldsa87", _MLDSA87_PUBLIC_LEN),),
+    ED25519: (("ed25519", _RAW32),),
+}
 
-    mldsa65: bytes
-    ed25519: bytes
-    suite: str = MLDSA65_ED25519
+SignaturePublicKey = mldsa.MLDSA65PublicKey | mldsa.MLDSA87PublicKey | ed.Ed25519PublicKey
+
+
+def _signature_public(name: str, value: bytes) -> SignaturePublicKey:
+    if name == "mldsa65":
+        return mldsa.MLDSA65PublicKey.from_public_bytes(value)
+    if name == "mldsa87":
+        return mldsa.MLDSA87PublicKey.from_public_bytes(value)
+    return ed.Ed25519PublicKey.from_public_bytes(value)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReceiptVerifyKey:
+    """A receipt verification key under one signature suite: every component must verify.
+
+    ``MLDSA65_ED25519`` (the hybrid default) has two components; ``MLDSA65``, ``MLDSA87`` and
+    ``ED25519`` (the pq-only, cnsa and classical policies) have one each.
+    """
+
+    suite: str
+    parts: tuple[tuple[str, bytes], ...]
 
     def __post_init__(self) -> None:
-        if len(self.mldsa65) != _MLDSA65_PUBLIC_LEN or len(self.ed25519) != _RAW32:
-            raise FormatError("hybrid verification key: wrong public key lengths")
+        layout = SIGNATURE_LAYOUT.get(self.suite)
+        if layout is None:
+            raise FormatError(f"receipt verification key: unknown suite {self.suite!r}")
+        if [(n, len(v)) for n, v in self.parts] != list(layout):
+            raise FormatError(f"receipt verification key: wrong components for {self.suite}")
 
     @property
     def key_id(self) -> str:
-        """Key id over both public components."""
-        return key_id_for(self.suite, self.mldsa65 + self.ed25519)
+        """Key id over every public component, in order."""
+        return key_id_for(self.suite, b"".join(v for _, v in self.parts))
 
-    def components(self) -> tuple[mldsa.MLDSA65PublicKey, ed.Ed25519PublicKey]:
-        """The two pyca/cryptography public key objects."""
+    def components(self) -> dict[str, SignaturePublicKey]:
+        """The pyca/cryptography public key objects, by component name."""
         try:
-            return (
-                mldsa.MLDSA65PublicKey.from_public_bytes(self.mldsa65),
-                ed.Ed25519PublicKey.from_public_bytes(self.ed25519),
-            )
+            return {name: _signature_public(name, value) for name, value in self.parts}
         except ValueError:
-            raise FormatError("hybrid verification key: invalid public key") from None
+            raise FormatError("receipt verification key: invalid public key") from None
 
     @classmethod
-    def from_components(
-        cls, mldsa_key: mldsa.MLDSA65PublicKey, ed_key: ed.Ed25519PublicKey
-    ) -> HybridVerifyKey:
-        """Build from the two component public keys."""
-        return cls(mldsa65=mldsa_key.public_bytes_raw(), ed25519=_raw(ed_key))
+    def from_public(cls, suite: str, public: dict[str, bytes]) -> ReceiptVerifyKey:
+        """Build from raw public components named as in ``SIGNATURE_LAYOUT``."""
+        names = [name for name, _ in SIGNATURE_LAYOUT.get(suite, ())]
+        if set(public) != set(names):
+            raise FormatError(f"receipt verification key: {suite} needs components {names}")
+        return cls(suite=suite, parts=tuple((n, public[n]) for n in names))
 
     def to_json(self) -> dict[str, str]:
-        """Wire form."""
-        return {
-            "suite": self.suite,
-            "key_id": self.key_id,
-            "mldsa65": b64encode(self.mldsa65),
-            "ed25519": b64encode(self.ed25519),
-        }
+        """Wire form: suite, key_id and each component in base64."""
+        doc = {"suite": self.suite, "key_id": self.key_id}
+        doc.update({name: b64encode(value) for name, value in self.parts})
+        return doc
 
     @classmethod
-    def from_json(cls, doc: object) -> HybridVerifyKey:
+    def from_json(cls, doc: object) -> ReceiptVerifyKey:
         """Parse the wire form, checking that the stated key id matches the key."""
         if not isinstance(doc, dict):
-            raise FormatError("hybrid verification key: expected an object")
-        require_suite(doc.get("suite"), expected=MLDSA65_ED25519, what="hybrid verification key")
-        key = cls(
-            mldsa65=b64decode(doc.get("mldsa65"), what="verification key mldsa65"),
-            ed25519=b64decode(doc.get("ed25519"), what="verification key ed25519"),
+            raise FormatError("receipt verification key: expected an object")
+        suite = require_suite(
+            doc.get("suite"), expected=frozenset(SIGNATURE_LAYOUT), what="receipt verification key"
+        )
+        names = [name for name, _ in SIGNATURE_LAYOUT[suite]]
+        if set(doc) != {"suite", "key_id", *names}:
+            raise FormatError(f"receipt verification key: expected suite, key_id and {names}")
+        key = cls.from_public(
+            suite, {n: b64decode(doc.get(n), what=f"verification key {n}") for n in names}
         )
         if doc.get("key_id") != key.key_id:
-            raise FormatError("hybrid verification key: key_id does not match the key")
+            raise FormatError("receipt verification key: key_id does not match the key")
         return key

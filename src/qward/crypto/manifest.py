@@ -19,12 +19,11 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import mldsa
 
-from qward.crypto.keys import HPKERecipientKey, HybridVerifyKey, key_id_for
+from qward.crypto.keys import SIGNATURE_LAYOUT, HPKERecipientKey, ReceiptVerifyKey, key_id_for
 from qward.encoding import b64decode, b64encode, canonical_json, parse_canonical_json
 from qward.errors import FormatError, NotFoundError, SignatureError
 from qward.suites import (
     KEM_SUITES,
-    MLDSA65_ED25519,
     MLDSA87,
     NOTE_ED25519_MLDSA44,
     Policy,
@@ -67,13 +66,12 @@ class KeyState(enum.StrEnum):
 
 _PURPOSE_SUITES: dict[Purpose, frozenset[str]] = {
     Purpose.HPKE_UNWRAP: KEM_SUITES,
-    Purpose.RECEIPT_SIGNING: frozenset({MLDSA65_ED25519}),
+    Purpose.RECEIPT_SIGNING: frozenset(SIGNATURE_LAYOUT),
     Purpose.CHECKPOINT_SIGNING: frozenset({NOTE_ED25519_MLDSA44}),
 }
 # Component order (for key ids) and lengths of the suites that have no key class of their own.
 _OTHER_LAYOUTS = {
     NOTE_ED25519_MLDSA44: (("ed25519", 32), ("mldsa44", 1312)),
-    MLDSA87: (("mldsa87", _MLDSA87_PUBLIC_LEN),),
 }
 
 
@@ -81,10 +79,9 @@ def record_key_id(suite: str, public: dict[str, bytes]) -> str:
     """The key id of a public key given as named components; ``FormatError`` if malformed."""
     if suite in KEM_SUITES:
         return HPKERecipientKey.from_components(suite, public).key_id
-    if suite == MLDSA65_ED25519:
-        if set(public) != {"mldsa65", "ed25519"}:
-            raise FormatError("MLDSA65_ED25519 key needs mldsa65 and ed25519")
-        return HybridVerifyKey(mldsa65=public["mldsa65"], ed25519=public["ed25519"]).key_id
+    if suite in SIGNATURE_LAYOUT:
+        # Receipt keys of every suite, and the ML-DSA-87 root key.
+        return ReceiptVerifyKey.from_public(suite, public).key_id
     layout = _OTHER_LAYOUTS.get(suite)
     if layout is None or set(public) != {n for n, _ in layout}:
         raise FormatError(f"key components do not match suite {suite!r}")
@@ -210,15 +207,13 @@ class KeyManifest:
                 return key
         raise NotFoundError(f"the key manifest has no primary {purpose} key")
 
-    def receipt_keys(self) -> tuple[HybridVerifyKey, ...]:
+    def receipt_keys(self) -> tuple[ReceiptVerifyKey, ...]:
         """Every receipt-signing public key, primary first: old receipts verify with these."""
         keys = sorted(
             (k for k in self.keys if k.purpose == Purpose.RECEIPT_SIGNING),
             key=lambda k: (k.state != KeyState.PRIMARY, -k.version),
         )
-        return tuple(
-            HybridVerifyKey(mldsa65=k.public["mldsa65"], ed25519=k.public["ed25519"]) for k in keys
-        )
+        return tuple(ReceiptVerifyKey.from_public(k.suite, k.public) for k in keys)
 
     @classmethod
     def from_body(cls, doc: object) -> KeyManifest:

@@ -1,8 +1,10 @@
-"""Hybrid ML-DSA-65 + Ed25519 signatures.
+"""Receipt signatures under a named suite; the hybrid ML-DSA-65 + Ed25519 suite is the default.
 
-Both algorithms sign the same domain-separated message and both must verify: the signature stays
-unforgeable as long as either algorithm holds. ML-DSA gets the domain label as its FIPS 204 context
-string; Ed25519, which has no context, gets it as a length-prefixed message prefix.
+Every component of a suite signs the same domain-separated message and every one must verify: a
+hybrid signature stays unforgeable as long as either algorithm holds. ML-DSA gets the domain label
+as its FIPS 204 context string; Ed25519, which has no context, gets it as a length-prefixed message
+prefix. The wire form names the suite and key id, then one base64 field per component
+(``mldsa65``, ``mldsa87``, ``ed25519``), so the hybrid form is unchanged from earlier receipts.
 """
 
 from __future__ import annotations
@@ -10,16 +12,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from qward.crypto.keys import HybridVerifyKey
+from qward.crypto.keys import SIGNATURE_LAYOUT, ReceiptVerifyKey
 from qward.encoding import b64decode, b64encode
 from qward.errors import FormatError, SignatureError
-from qward.suites import MLDSA65_ED25519, require_suite
+from qward.suites import require_suite
 
-__all__ = ["HybridSignature", "ed25519_message", "verify_hybrid"]
+__all__ = ["ReceiptSignature", "ed25519_message", "verify_signature"]
 
-_MLDSA65_SIGNATURE_LEN = 3309
-_ED25519_SIGNATURE_LEN = 64
+_SIGNATURE_LEN = {"mldsa65": 3309, "mldsa87": 4627, "ed25519": 64}
+_NAMES = {"mldsa65": "ML-DSA-65", "mldsa87": "ML-DSA-87", "ed25519": "Ed25519"}
 
 
 def ed25519_message(context: bytes, message: bytes) -> bytes:
@@ -28,55 +31,55 @@ def ed25519_message(context: bytes, message: bytes) -> bytes:
 
 
 @dataclass(frozen=True, kw_only=True)
-class HybridSignature:
-    """A pair of signatures over one message, named by suite and signing key id."""
+class ReceiptSignature:
+    """One signature per suite component over one message, named by suite and signing key id."""
 
+    suite: str
     key_id: str
-    mldsa65: bytes
-    ed25519: bytes
-    suite: str = MLDSA65_ED25519
+    parts: tuple[tuple[str, bytes], ...]
 
     def to_json(self) -> dict[str, str]:
         """Wire form."""
-        return {
-            "suite": self.suite,
-            "key_id": self.key_id,
-            "mldsa65": b64encode(self.mldsa65),
-            "ed25519": b64encode(self.ed25519),
-        }
+        doc = {"suite": self.suite, "key_id": self.key_id}
+        doc.update({name: b64encode(value) for name, value in self.parts})
+        return doc
 
     @classmethod
-    def from_json(cls, doc: object) -> HybridSignature:
-        """Parse the wire form."""
-        if not isinstance(doc, dict) or set(doc) != {"suite", "key_id", "mldsa65", "ed25519"}:
-            raise FormatError("signature: expected suite, key_id, mldsa65 and ed25519")
-        require_suite(doc["suite"], expected=MLDSA65_ED25519, what="signature")
+    def from_json(cls, doc: object) -> ReceiptSignature:
+        """Parse the wire form strictly: known suite, its components, their exact lengths."""
+        if not isinstance(doc, dict):
+            raise FormatError("signature: expected an object")
+        suite = require_suite(
+            doc.get("suite"), expected=frozenset(SIGNATURE_LAYOUT), what="signature"
+        )
+        names = [name for name, _ in SIGNATURE_LAYOUT[suite]]
+        if set(doc) != {"suite", "key_id", *names}:
+            raise FormatError(f"signature: expected suite, key_id and {', '.join(names)}")
         if not isinstance(doc["key_id"], str):
             raise FormatError("signature: key_id must be a string")
-        sig = cls(
-            key_id=doc["key_id"],
-            mldsa65=b64decode(doc["mldsa65"], what="signature mldsa65"),
-            ed25519=b64decode(doc["ed25519"], what="signature ed25519"),
-        )
-        if len(sig.mldsa65) != _MLDSA65_SIGNATURE_LEN or len(sig.ed25519) != _ED25519_SIGNATURE_LEN:
+        parts = tuple((n, b64decode(doc[n], what=f"signature {n}")) for n in names)
+        if any(len(value) != _SIGNATURE_LEN[name] for name, value in parts):
             raise FormatError("signature: wrong signature lengths")
-        return sig
+        return cls(suite=suite, key_id=doc["key_id"], parts=parts)
 
 
-def verify_hybrid(
-    message: bytes, signature: HybridSignature, key: HybridVerifyKey, *, context: bytes
+def verify_signature(
+    message: bytes, signature: ReceiptSignature, key: ReceiptVerifyKey, *, context: bytes
 ) -> None:
-    """Verify both halves of ``signature`` over ``message``; raise ``SignatureError`` otherwise."""
+    """Verify every component of ``signature`` over ``message``; raise ``SignatureError``."""
     if signature.key_id != key.key_id:
         raise SignatureError(
             f"signature is by key {signature.key_id}, not the trusted key {key.key_id}"
         )
-    mldsa_key, ed_key = key.components()
-    try:
-        mldsa_key.verify(signature.mldsa65, message, context)
-    except InvalidSignature:
-        raise SignatureError("ML-DSA-65 signature does not verify") from None
-    try:
-        ed_key.verify(signature.ed25519, ed25519_message(context, message))
-    except InvalidSignature:
-        raise SignatureError("Ed25519 signature does not verify") from None
+    if signature.suite != key.suite:
+        raise SignatureError(f"signature suite {signature.suite} is not the key's {key.suite}")
+    public = key.components()
+    for name, value in signature.parts:
+        component = public[name]
+        try:
+            if isinstance(component, ed25519.Ed25519PublicKey):
+                component.verify(value, ed25519_message(context, message))
+            else:
+                component.verify(value, message, context)
+        except InvalidSignature:
+            raise SignatureError(f"{_NAMES[name]} signature does not verify") from None

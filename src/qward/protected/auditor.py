@@ -120,6 +120,12 @@ class Auditor:
             if self._latest is None or self._latest[1].size <= checkpoint.size:
                 self._latest = (note, checkpoint)
 
+    def set_signers(self, signers: Sequence[NoteSigner]) -> None:
+        """Sign every later checkpoint with ``signers`` (after a checkpoint key rotation)."""
+        with self._publish_lock:
+            self._signers = tuple(signers)
+            self._sequencer.set_signers(signers)
+
     def close(self) -> None:
         """Drain pending appends, publish a final checkpoint and stop the sequencer."""
         self._sequencer.close(timeout=_APPEND_TIMEOUT)

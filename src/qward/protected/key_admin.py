@@ -60,13 +60,16 @@ _SIGNED: weakref.WeakKeyDictionary[KeyRing, tuple[int, bytes]] = weakref.WeakKey
 
 
 def build_trust(keys: CoreKeys) -> TrustBundle:
-    """The trust bundle for ``keys``: primary KEK and checkpoint keys, and every receipt key
-    version (so receipts signed before a rotation still verify)."""
+    """The trust bundle for ``keys``: primary KEK, the checkpoint keys in use, every checkpoint
+    and receipt key version (so evidence signed before a rotation still verifies)."""
+    key_sets = keys.ring.checkpoint_key_sets()
     return TrustBundle(
         origin=keys.origin,
         log_verifiers=tuple(s.verifier() for s in keys.log_signers),
         receipt_keys=keys.ring.manifest().receipt_keys(),
         hpke_recipient=keys.hpke_public,
+        # Only a log that rotated its checkpoint keys needs the per-version sets.
+        log_key_versions=key_sets if len(key_sets) > 1 else (),
     )
 
 
@@ -127,6 +130,7 @@ def _publish(service: CoreService) -> bytes:
     witnesses = service.trust.witness_policy
     service.trust = build_trust(keys)
     service.pin_witnesses(witnesses)
+    service.use_log_signers()
     signed = _signed_manifest(service)
     state = _state_dir(service)
     _replace(state / "trust.json", service.trust.to_bytes())

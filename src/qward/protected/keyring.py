@@ -25,15 +25,18 @@ from cryptography.hazmat.primitives import hpke
 from cryptography.hazmat.primitives.asymmetric import ed25519, mldsa, mlkem, x25519
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
-from qward.crypto.keys import HPKERecipientKey
+from qward.crypto.keys import SIGNATURE_LAYOUT, HPKERecipientKey
 from qward.crypto.manifest import KeyManifest, KeyRecord, KeyState, Purpose, record_key_id
 from qward.encoding import b64decode, b64encode
 from qward.errors import CryptoError, FormatError, InputError, KeystoreError, UnknownKeyError
 from qward.protected.handles import HPKEPrivateKey, KeyHandle
-from qward.protected.signing import HybridSigner
+from qward.protected.signing import ReceiptSigner, receipt_private_keys
 from qward.suites import (
     DEFAULT_POLICY,
+    ED25519,
+    MLDSA65,
     MLDSA65_ED25519,
+    MLDSA87,
     MLKEM768_HKDF_SHA256_AES_256_GCM,
     MLKEM768_X25519_HKDF_SHA256_AES_256_GCM,
     MLKEM1024_HKDF_SHA384_AES_256_GCM,
@@ -42,7 +45,7 @@ from qward.suites import (
     Policy,
     suite_policy,
 )
-from qward.tlog.note import Ed25519NoteSigner, MLDSA44NoteSigner, NoteSigner
+from qward.tlog.note import Ed25519NoteSigner, MLDSA44NoteSigner, NoteSigner, NoteVerifier
 
 __all__ = ["MATERIAL_FORMAT", "KeyRing", "KeyVersion"]
 
@@ -60,6 +63,9 @@ _SEEDS: dict[str, tuple[tuple[str, int], ...]] = {
     MLKEM768_HKDF_SHA256_AES_256_GCM: (("mlkem768_seed", 64),),
     MLKEM1024_HKDF_SHA384_AES_256_GCM: (("mlkem1024_seed", 64),),
     MLDSA65_ED25519: (("mldsa65_seed", 32), ("ed25519", 32)),
+    MLDSA65: (("mldsa65_seed", 32),),
+    MLDSA87: (("mldsa87_seed", 32),),
+    ED25519: (("ed25519", 32),),
     NOTE_ED25519_MLDSA44: (("mldsa44_seed", 32), ("ed25519", 32)),
 }
 
@@ -108,10 +114,10 @@ def _hpke_public(suite: str, seeds: dict[str, bytes]) -> dict[str, bytes]:
 def _public_components(purpose: Purpose, suite: str, seeds: dict[str, bytes]) -> dict[str, bytes]:
     if purpose == Purpose.HPKE_UNWRAP:
         return _hpke_public(suite, seeds)
-    ed = ed25519.Ed25519PrivateKey.from_private_bytes(seeds["ed25519"]).public_key()
     if purpose == Purpose.RECEIPT_SIGNING:
-        ml65 = mldsa.MLDSA65PrivateKey.from_seed_bytes(seeds["mldsa65_seed"]).public_key()
-        return {"mldsa65": ml65.public_bytes_raw(), "ed25519": ed.public_bytes_raw()}
+        keys = receipt_private_keys(suite, seeds)
+        return {name: key.public_key().public_bytes_raw() for name, key in keys.items()}
+    ed = ed25519.Ed25519PrivateKey.from_private_bytes(seeds["ed25519"]).public_key()
     ml44 = mldsa.MLDSA44PrivateKey.from_seed_bytes(seeds["mldsa44_seed"]).public_key()
     return {"ed25519": ed.public_bytes_raw(), "mldsa44": ml44.public_bytes_raw()}
 
@@ -160,15 +166,12 @@ class KeyVersion:
         """The public HPKE key sealers encrypt to."""
         return HPKERecipientKey.from_components(self.suite, self.public)
 
-    def receipt_signer(self) -> HybridSigner:
+    def receipt_signer(self) -> ReceiptSigner:
         """The receipt signer of this version (built once)."""
         if "receipt" not in self._objects:
-            seeds = self.seeds.unsafe_key()
-            self._objects["receipt"] = HybridSigner(
-                mldsa_key=mldsa.MLDSA65PrivateKey.from_seed_bytes(seeds["mldsa65_seed"]),
-                ed_key=ed25519.Ed25519PrivateKey.from_private_bytes(seeds["ed25519"]),
-            )
-        signer: HybridSigner = self._objects["receipt"]
+            keys = receipt_private_keys(self.suite, self.seeds.unsafe_key())
+            self._objects["receipt"] = ReceiptSigner(suite=self.suite, keys=keys)
+        signer: ReceiptSigner = self._objects["receipt"]
         return signer
 
     def note_signers(self, origin: str) -> tuple[NoteSigner, ...]:
@@ -340,6 +343,29 @@ class KeyRing:
                 v for v in self._versions if v.purpose == purpose and v.state == KeyState.PRIMARY
             )
 
+    def checkpoint_signers(self) -> tuple[NoteSigner, ...]:
+        """Who signs checkpoints: the primary version, then every enabled (not retired) one.
+
+        Signing with the old and the new version during a rollover keeps clients and witnesses
+        that pin either working; retiring the old version ends the rollover.
+        """
+        with self.lock:
+            live = [
+                v
+                for v in self._versions
+                if v.purpose == Purpose.CHECKPOINT_SIGNING and v.state != KeyState.RETIRED
+            ]
+        live.sort(key=lambda v: (v.state != KeyState.PRIMARY, -v.version))
+        return tuple(s for v in live for s in v.note_signers(self.origin))
+
+    def checkpoint_key_sets(self) -> tuple[tuple[NoteVerifier, ...], ...]:
+        """Every checkpoint key version's verifiers, retired ones too: history stays checkable."""
+        return tuple(
+            tuple(s.verifier() for s in v.note_signers(self.origin))
+            for v in self.versions()
+            if v.purpose == Purpose.CHECKPOINT_SIGNING
+        )
+
     def find(self, key_id: str) -> KeyVersion:
         """The version with ``key_id``; ``UnknownKeyError`` if this core never held it."""
         with self.lock:
@@ -391,18 +417,13 @@ class KeyRing:
     def rotate(self, purpose: Purpose) -> KeyVersion:
         """Make a new version of ``purpose`` primary under the current policy; the old primary
         stays enabled, so what it sealed or signed still opens and verifies."""
-        if purpose == Purpose.CHECKPOINT_SIGNING:
-            raise InputError(
-                "rotating checkpoint-signing keys is not supported yet: log and receipt "
-                "verifiers pin one set of checkpoint keys, so checkpoints signed before the "
-                "rotation would stop verifying"
-            )
         rules = suite_policy(self.policy)
-        suite = (
-            rules.kem_suite
-            if purpose == Purpose.HPKE_UNWRAP
-            else _receipt_suite(rules.signature_suite, self.policy)
-        )
+        # Checkpoints keep the C2SP note suite (Ed25519 and ML-DSA-44) under every policy.
+        suite = {
+            Purpose.HPKE_UNWRAP: rules.kem_suite,
+            Purpose.RECEIPT_SIGNING: _receipt_suite(rules.signature_suite, self.policy),
+            Purpose.CHECKPOINT_SIGNING: NOTE_ED25519_MLDSA44,
+        }[purpose]
         with self.lock:
             old = self.primary(purpose)
             number = 1 + max(v.version for v in self._versions if v.purpose == purpose)
@@ -446,10 +467,10 @@ class KeyRing:
 
 
 def _receipt_suite(suite: str, policy: Policy) -> str:
-    if suite != MLDSA65_ED25519:
+    if suite not in SIGNATURE_LAYOUT:
         raise CryptoError(
             f"policy {policy.value!r} needs {suite} receipt signatures, which qward receipts "
-            f"cannot carry yet (only {MLDSA65_ED25519}); the policy is unchanged"
+            f"cannot carry; the policy is unchanged"
         )
     return suite
 

@@ -3,8 +3,10 @@
 All of the core's private keys live in one file, ``keystore.json``, sealed with AES-256-GCM under a
 key-encryption key. The KEK comes either from a passphrase (scrypt) given in the environment
 variable ``QWARD_KEYSTORE_PASSPHRASE``, or from a 32-byte key file beside the keystore created with
-mode 0600 (the default, so that ``qward demo`` works unattended). Keys are stored as seeds, so the
-file is small and the public halves are recomputed on load.
+mode 0600 (the default, so that ``qward demo`` works unattended). With protection ``pkcs11`` the
+contents are instead sealed inside a PKCS#11 token by a non-extractable key (``pkcs11_kek``), named
+in the file's protection header. Keys are stored as seeds, so the file is small and the public
+halves are recomputed on load.
 
 Format ``qward/keystore/v2`` holds a ``KeyRing``: the ML-DSA-87 root key and every version of every
 purpose's key with its state. A ``qward/keystore/v1`` file (one key per purpose) still loads: it is
@@ -17,7 +19,7 @@ import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Protocol
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -31,7 +33,8 @@ from qward.encoding import b64decode, b64encode, canonical_json, parse_canonical
 from qward.errors import FormatError, KeystoreError
 from qward.protected.handles import HPKEPrivateKey, KeyHandle
 from qward.protected.keyring import KeyRing
-from qward.protected.signing import HybridSigner
+from qward.protected.pkcs11_kek import TokenConfig, TokenKEK
+from qward.protected.signing import ReceiptSigner
 from qward.suites import DEFAULT_POLICY, Policy
 from qward.tlog.note import NoteSigner
 
@@ -39,16 +42,45 @@ __all__ = [
     "FORMAT_V1",
     "FORMAT_V2",
     "PASSPHRASE_ENV",
+    "PROTECTION_ENV",
     "CoreKeys",
     "create_keystore",
     "load_keystore",
 ]
 
 PASSPHRASE_ENV = "QWARD_KEYSTORE_PASSPHRASE"  # noqa: S105 - a variable name, not a secret
+#: How the core protects a keystore it creates: "file" (passphrase or key file) or "pkcs11".
+PROTECTION_ENV = "QWARD_KEYSTORE_PROTECTION"
 FORMAT_V1 = "qward/keystore/v1"
 FORMAT_V2 = "qward/keystore/v2"
 _SCRYPT = {"n": 2**15, "r": 8, "p": 1}
 _MAX_KEYSTORE = 1024 * 1024
+
+
+class _KEK(Protocol):
+    """Seals and opens the keystore contents with AES-256-GCM; ``decrypt`` raises KeystoreError."""
+
+    def encrypt(self, nonce: bytes, data: bytes, aad: bytes) -> bytes: ...
+
+    def decrypt(self, nonce: bytes, data: bytes, aad: bytes) -> bytes: ...
+
+
+class _FileKEK:
+    """A KEK held in this process (derived from a passphrase or the key file)."""
+
+    def __init__(self, key: bytes) -> None:
+        self._key = KeyHandle(purpose="keystore-kek", key_id="keystore", key=key)
+
+    def encrypt(self, nonce: bytes, data: bytes, aad: bytes) -> bytes:
+        return AESGCM(self._key.unsafe_key()).encrypt(nonce, data, aad)
+
+    def decrypt(self, nonce: bytes, data: bytes, aad: bytes) -> bytes:
+        try:
+            return AESGCM(self._key.unsafe_key()).decrypt(nonce, data, aad)
+        except (InvalidTag, ValueError):
+            raise KeystoreError(
+                "keystore does not open: wrong passphrase or key file, or damaged"
+            ) from None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -57,15 +89,13 @@ class _KeystoreFile:
 
     path: Path
     protection: dict[str, Any]
-    kek: KeyHandle[bytes]
+    kek: _KEK
 
     def write(self, ring: KeyRing) -> None:
         """Seal ``ring`` and replace the file atomically (write beside it, fsync, rename)."""
         nonce = secrets.token_bytes(12)
         aad = canonical_json({"format": FORMAT_V2, "protection": self.protection})
-        sealed = AESGCM(self.kek.unsafe_key()).encrypt(
-            nonce, canonical_json(ring.to_material()), aad
-        )
+        sealed = self.kek.encrypt(nonce, canonical_json(ring.to_material()), aad)
         doc = {
             "format": FORMAT_V2,
             "protection": self.protection,
@@ -110,14 +140,19 @@ class CoreKeys:
         return self.ring.primary(Purpose.HPKE_UNWRAP).recipient()
 
     @property
-    def receipt_signer(self) -> HybridSigner:
+    def receipt_signer(self) -> ReceiptSigner:
         """The primary receipt signer."""
         return self.ring.primary(Purpose.RECEIPT_SIGNING).receipt_signer()
 
     @property
     def log_signers(self) -> tuple[NoteSigner, ...]:
-        """The primary checkpoint signers."""
-        return self.ring.primary(Purpose.CHECKPOINT_SIGNING).note_signers(self.ring.origin)
+        """The checkpoint signers: the primary version's, then every enabled older version's."""
+        return self.ring.checkpoint_signers()
+
+    @property
+    def protection(self) -> str:
+        """How the keystore file is protected: "keyfile", "scrypt" or "pkcs11" ("" if none)."""
+        return str(self._keystore.protection.get("kind", "")) if self._keystore else ""
 
     @property
     def state_dir(self) -> Path | None:
@@ -134,7 +169,15 @@ class CoreKeys:
         return f"CoreKeys(origin={self.origin!r}, policy={self.ring.policy.value!r})"
 
 
-def _kek(state_dir: Path, protection: dict[str, Any], passphrase: str | None) -> bytes:
+def _kek(
+    state_dir: Path, protection: dict[str, Any], passphrase: str | None, token: TokenConfig | None
+) -> _KEK:
+    if protection.get("kind") == "pkcs11":
+        return TokenKEK.from_protection(protection, token or TokenConfig.from_env())
+    return _FileKEK(_file_kek(state_dir, protection, passphrase))
+
+
+def _file_kek(state_dir: Path, protection: dict[str, Any], passphrase: str | None) -> bytes:
     if protection.get("kind") == "scrypt":
         if not passphrase:
             raise KeystoreError(f"keystore is passphrase-protected: set {PASSPHRASE_ENV}")
@@ -178,25 +221,44 @@ def create_keystore(
     origin: str,
     passphrase: str | None = None,
     policy: Policy = DEFAULT_POLICY,
+    protection: Literal["file", "pkcs11"] = "file",
+    token: TokenConfig | None = None,
 ) -> CoreKeys:
     """Generate a root key and version 1 of every key, and write the sealed keystore (v2);
-    refuses to overwrite one."""
+    refuses to overwrite one.
+
+    ``protection="file"`` seals under a passphrase (if given) or a new key file;
+    ``protection="pkcs11"`` generates a non-extractable KEK in the token ``token`` names (by
+    default from ``QWARD_PKCS11_MODULE``, ``QWARD_PKCS11_TOKEN`` and ``QWARD_PKCS11_PIN``).
+    """
+    if protection not in ("file", "pkcs11"):
+        raise KeystoreError(f"keystore protection {protection!r} is not 'file' or 'pkcs11'")
+    if protection == "pkcs11" and passphrase:
+        raise KeystoreError("a passphrase does not apply to a pkcs11-protected keystore")
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     path = state_dir / "keystore.json"
     if path.exists():
         raise KeystoreError(f"a keystore already exists at {path}")
     ring = KeyRing.generate(origin=origin, policy=policy)
-    protection = _protection(state_dir, passphrase)
-    kek = KeyHandle(
-        purpose="keystore-kek", key_id="keystore", key=_kek(state_dir, protection, passphrase)
-    )
-    keystore = _KeystoreFile(path=path, protection=protection, kek=kek)
+    kek: _KEK
+    if protection == "pkcs11":
+        token_kek = TokenKEK.generate(token or TokenConfig.from_env())
+        header, kek = token_kek.protection, token_kek
+    else:
+        header = _protection(state_dir, passphrase)
+        kek = _kek(state_dir, header, passphrase, None)
+    keystore = _KeystoreFile(path=path, protection=header, kek=kek)
     keystore.write(ring)
     return CoreKeys(ring=ring, keystore=keystore)
 
 
-def load_keystore(state_dir: Path, *, passphrase: str | None = None) -> CoreKeys:
+def load_keystore(
+    state_dir: Path, *, passphrase: str | None = None, token: TokenConfig | None = None
+) -> CoreKeys:
     """Open the keystore in ``state_dir``; a wrong passphrase or damaged file is a KeystoreError.
+
+    The protection header picks the KEK; a pkcs11 one is opened with ``token`` (by default the
+    ``QWARD_PKCS11_*`` environment).
 
     A v1 keystore is migrated: its keys become primary version 1 of a v2 ring with a new root
     key, and the file is rewritten as v2 (sealed under the same KEK).
@@ -216,17 +278,11 @@ def load_keystore(state_dir: Path, *, passphrase: str | None = None) -> CoreKeys
         sealed = b64decode(doc.get("ciphertext"), what="keystore ciphertext")
     except FormatError as exc:
         raise KeystoreError(f"keystore is damaged: {exc}") from None
-    kek = KeyHandle(
-        purpose="keystore-kek", key_id="keystore", key=_kek(state_dir, protection, passphrase)
-    )
+    kek = _kek(state_dir, protection, passphrase, token)
     aad = canonical_json({"format": version, "protection": protection})
+    plain = kek.decrypt(nonce, sealed, aad)
     try:
-        plain = AESGCM(kek.unsafe_key()).decrypt(nonce, sealed, aad)
         material = parse_canonical_json(plain, what="keystore contents")
-    except (InvalidTag, ValueError):
-        raise KeystoreError(
-            "keystore does not open: wrong passphrase or key file, or damaged"
-        ) from None
     except FormatError as exc:
         raise KeystoreError(f"keystore is damaged: {exc}") from None
     keystore = _KeystoreFile(path=path, protection=protection, kek=kek)

@@ -21,10 +21,15 @@ from typing import Any
 from qward import __version__
 from qward.core_protocol import MAX_FRAME_PAYLOAD
 from qward.encoding import read_limited
-from qward.errors import FormatError, QwardError
+from qward.errors import FormatError, KeystoreError, QwardError
 from qward.framing import recv_frame, send_frame
 from qward.protected.auditor import Auditor
-from qward.protected.keystore import PASSPHRASE_ENV, create_keystore, load_keystore
+from qward.protected.keystore import (
+    PASSPHRASE_ENV,
+    PROTECTION_ENV,
+    create_keystore,
+    load_keystore,
+)
 from qward.protected.models import ModelRegistry
 from qward.protected.service import CoreService
 from qward.protected.tracing import setup_tracing
@@ -41,14 +46,30 @@ def build_service(state_dir: Path) -> CoreService:
     """Open (or on first start, create) the keystore, log and model registry in ``state_dir``.
 
     The log is ``state_dir/log.sqlite`` unless ``QWARD_LOG_DATABASE`` names a PostgreSQL URL.
+    ``QWARD_KEYSTORE_PROTECTION=pkcs11`` creates the keystore under a PKCS#11 token, and then
+    refuses to start on a keystore that is not.
     """
     passphrase = os.environ.get(PASSPHRASE_ENV) or None
+    protection = os.environ.get(PROTECTION_ENV) or "file"
+    if protection not in ("file", "pkcs11"):
+        raise KeystoreError(f"{PROTECTION_ENV}={protection!r} is not 'file' or 'pkcs11'")
     created = not (state_dir / "keystore.json").exists()
     if created:
         origin = f"qward.local/log/{os.urandom(4).hex()}"
-        keys = create_keystore(state_dir, origin=origin, passphrase=passphrase)
+        keys = create_keystore(
+            state_dir,
+            origin=origin,
+            passphrase=passphrase,
+            protection="pkcs11" if protection == "pkcs11" else "file",
+        )
     else:
         keys = load_keystore(state_dir, passphrase=passphrase)
+    if protection == "pkcs11" and keys.protection != "pkcs11":
+        # An operator who asked for the HSM must not silently get a key file instead.
+        raise KeystoreError(
+            f"{PROTECTION_ENV}=pkcs11 but the keystore in {state_dir} is protected by "
+            f"{keys.protection!r}"
+        )
     store = open_log_store(log_location(state_dir))
     witnesses, policy = _witnesses(state_dir)
     auditor = Auditor(

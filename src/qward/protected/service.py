@@ -30,6 +30,12 @@ from qward.protected.models import (
 )
 from qward.protected.opening import open_sealed
 from qward.protected.tracing import tracer
+from qward.receipts.commitment import (
+    INPUT_CONTENT_TYPE,
+    SALTED_INPUT_CONTENT_TYPE,
+    input_section,
+    split_salted,
+)
 from qward.receipts.entries import (
     access_entry,
     admin_entry,
@@ -45,8 +51,9 @@ from qward.tlog.witness_policy import WitnessPolicy
 
 __all__ = ["INPUT_CONTENT_TYPE", "MODEL_CONTENT_TYPE", "CoreService", "Reply"]
 
+_INPUT_TYPES = (INPUT_CONTENT_TYPE, SALTED_INPUT_CONTENT_TYPE)
+
 MODEL_CONTENT_TYPE = "application/onnx"
-INPUT_CONTENT_TYPE = "application/vnd.qward.tensors"
 MAX_INPUT_BYTES = 64 * 1024 * 1024
 _MAX_SEED = 2**63 - 1
 _MAX_PARAMETERS_BYTES = 16 * 1024
@@ -88,6 +95,11 @@ class CoreService:
 
     def _now(self) -> str:
         return self._src.clock().strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    def use_log_signers(self) -> None:
+        """Sign checkpoints with the keystore's current checkpoint keys, and publish one now."""
+        self._auditor.set_signers(self._keys.log_signers)
+        self._auditor.commit()
 
     def pin_witnesses(self, policy: WitnessPolicy) -> None:
         """Publish ``policy`` in the trust bundle: receipts then need its witness quorum."""
@@ -183,15 +195,21 @@ class CoreService:
     def _execute(
         self, entry: ModelEntry, sealed_input: bytes, *, seed: int, request_id: str, purpose: str
     ) -> tuple[Any, tuple[Tensor, ...], tuple[Tensor, ...], dict[str, Any]]:
-        inputs = decode_tensors(
-            self._open(
-                sealed_input,
-                purpose=purpose,
-                request_id=request_id,
-                content_type=INPUT_CONTENT_TYPE,
-                limit=MAX_INPUT_BYTES,
-            )
+        # Plain tensors, or a client's salt followed by them; the sealed header says which.
+        content_type = parse_sealed(sealed_input, limit=MAX_INPUT_BYTES).content_type
+        if content_type not in _INPUT_TYPES:
+            raise InputError(f"sealed input holds {content_type!r}, not input tensors")
+        plaintext = self._open(
+            sealed_input,
+            purpose=purpose,
+            request_id=request_id,
+            content_type=content_type,
+            limit=MAX_INPUT_BYTES,
         )
+        salt = None
+        if content_type == SALTED_INPUT_CONTENT_TYPE:
+            salt, plaintext = split_salted(plaintext)
+        inputs = decode_tensors(plaintext)
         span: dict[str, str | int] = {
             "qward.model_sha256": entry.model_sha256,
             "qward.request_id": request_id,
@@ -201,7 +219,9 @@ class CoreService:
             self._models.borrow(entry, self._opener(request_id, entry.content_type)) as worker,
             tracer().start_as_current_span("qward.run", attributes=span),
         ):
-            return worker, inputs, *worker.run_recorded(inputs, seed=seed)
+            outputs, record = worker.run_recorded(inputs, seed=seed)
+        # The salt never leaves the core: only the commitment it makes goes into the receipt.
+        return worker, inputs, outputs, {**record, "input": input_section(inputs, salt)}
 
     def op_run(self, header: dict[str, Any], payload: bytes) -> Reply:
         entry = self._models.get(str(header.get("model_sha256")))
@@ -269,7 +289,7 @@ class CoreService:
                 "sealed_sha256": entry.sealed_sha256,
                 "name": entry.name,
             },
-            "input": {"sha256": tensors_digest(inputs)},
+            "input": record["input"],
             "output": {"sha256": tensors_digest(outputs)},
             "parameters": parameters,
             "seed": seed,
@@ -301,14 +321,14 @@ class CoreService:
         body = self._verifier.verify(receipt.encode("utf-8")).body
         entry = self._models.get(str(body["model"]["sha256"]))
         request_id = self._src.token()
-        worker, inputs, outputs, record = self._execute(
+        worker, _, outputs, record = self._execute(
             entry,
             payload,
             seed=_seed(body["seed"]),
             request_id=request_id,
             purpose="unseal-replay-input",
         )
-        if tensors_digest(inputs) != body["input"]["sha256"]:
+        if record["input"] != body["input"]:
             raise InputError("replay input differs from the input the receipt records")
         entry_info = worker.info
         digest, expected = tensors_digest(outputs), body["output"]["sha256"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from qward.crypto.signatures import HybridSignature
+from qward.crypto.signatures import ReceiptSignature
 from qward.encoding import canonical_json
 
 __all__ = [
@@ -27,7 +27,7 @@ REPLAY_ENTRY = "qward/replay/v1"
 ACCESS_ENTRY = "qward/access/v1"
 
 
-def receipt_entry(body: dict[str, Any], signature: HybridSignature) -> bytes:
+def receipt_entry(body: dict[str, Any], signature: ReceiptSignature) -> bytes:
     """The log entry for a signed receipt: the receipt itself is what gets logged."""
     return canonical_json({"type": RECEIPT_ENTRY, "body": body, "signature": signature.to_json()})
 

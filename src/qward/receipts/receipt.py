@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from qward.crypto.signatures import HybridSignature
+from qward.crypto.signatures import ReceiptSignature
 from qward.encoding import b64decode, b64encode, canonical_json, parse_canonical_json
 from qward.errors import FormatError
 from qward.receipts.circuit import check_circuit_record
@@ -67,8 +67,13 @@ def check_body(body: dict[str, Any]) -> None:
             raise FormatError(f"receipt body: {key} must be a {kind.__name__}")
     if body["format"] != RECEIPT_FORMAT:
         raise FormatError(f"receipt body: unsupported format {body['format']!r}")
-    for section in ("model", "input", "output"):
+    for section in ("model", "output"):
         _require_digest(body[section], "sha256", section)
+    # The input is named by a plain digest or, when the client salted it, only by a commitment.
+    kinds = sorted(body["input"])
+    if kinds not in (["sha256"], ["hmac_sha256"]):
+        raise FormatError("receipt body: input must hold exactly one of sha256 or hmac_sha256")
+    _require_digest(body["input"], kinds[0], "input")
     if not isinstance(body["log"].get("origin"), str):
         raise FormatError("receipt body: log.origin must be a string")
     if "circuit" in body["runtime"]:
@@ -80,7 +85,7 @@ class ReceiptBundle:
     """Everything needed to verify a receipt offline."""
 
     body: dict[str, Any]
-    signature: HybridSignature
+    signature: ReceiptSignature
     index: int
     inclusion_proof: tuple[bytes, ...]
     checkpoint: bytes
@@ -143,7 +148,7 @@ class ReceiptBundle:
             raise FormatError("receipt: inclusion proof hashes must be 32 bytes")
         return cls(
             body=body,
-            signature=HybridSignature.from_json(doc["signature"]),
+            signature=ReceiptSignature.from_json(doc["signature"]),
             index=index,
             inclusion_proof=hashes,
             checkpoint=checkpoint.encode("utf-8"),

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from qward.crypto.keys import HPKERecipientKey, HybridVerifyKey
+from qward.crypto.keys import HPKERecipientKey, ReceiptVerifyKey
 from qward.encoding import canonical_json, parse_canonical_json
 from qward.errors import FormatError, InputError, UnknownKeyError
 from qward.tlog.note import NoteVerifier
@@ -28,12 +28,20 @@ class TrustBundle:
 
     origin: str
     log_verifiers: tuple[NoteVerifier, ...]
-    receipt_keys: tuple[HybridVerifyKey, ...]
+    receipt_keys: tuple[ReceiptVerifyKey, ...]
     hpke_recipient: HPKERecipientKey
     #: Which witness cosignatures a receipt's checkpoint must carry (none unless configured).
     witness_policy: WitnessPolicy = field(default_factory=UnsafeNoWitnesses)
+    #: The log's checkpoint key versions, each a set every key of which signs; a checkpoint must
+    #: be signed by one whole set. Empty means one set: ``log_verifiers``.
+    log_key_versions: tuple[tuple[NoteVerifier, ...], ...] = ()
 
-    def receipt_key(self, key_id: str) -> HybridVerifyKey:
+    @property
+    def log_key_sets(self) -> tuple[tuple[NoteVerifier, ...], ...]:
+        """The sets of checkpoint keys, one of which must have signed every key of a checkpoint."""
+        return self.log_key_versions or (self.log_verifiers,)
+
+    def receipt_key(self, key_id: str) -> ReceiptVerifyKey:
         """The pinned receipt key with ``key_id``."""
         for key in self.receipt_keys:
             if key.key_id == key_id:
@@ -51,6 +59,8 @@ class TrustBundle:
             "receipt_keys": [k.to_json() for k in self.receipt_keys],
             "hpke_recipient": self.hpke_recipient.to_json(),
         }
+        if self.log_key_versions:
+            doc["log_key_versions"] = [[v.to_vkey() for v in s] for s in self.log_key_versions]
         if isinstance(self.witness_policy, Quorum):
             doc["witnesses"] = {
                 "quorum": self.witness_policy.threshold,
@@ -80,10 +90,25 @@ class TrustBundle:
         return cls(
             origin=origin,
             log_verifiers=tuple(NoteVerifier.from_vkey(v) for v in vkeys),
-            receipt_keys=tuple(HybridVerifyKey.from_json(k) for k in rkeys),
+            receipt_keys=tuple(ReceiptVerifyKey.from_json(k) for k in rkeys),
             hpke_recipient=HPKERecipientKey.from_json(doc.get("hpke_recipient")),
             witness_policy=_witness_policy(doc.get("witnesses")),
+            log_key_versions=_log_key_versions(doc.get("log_key_versions")),
         )
+
+
+def _log_key_versions(value: object) -> tuple[tuple[NoteVerifier, ...], ...]:
+    """The ``log_key_versions`` member: absent, or a list of non-empty lists of vkeys."""
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not value:
+        raise FormatError("trust bundle: log_key_versions must be a non-empty list")
+    versions = []
+    for item in value:
+        if not isinstance(item, list) or not item or not all(isinstance(v, str) for v in item):
+            raise FormatError("trust bundle: each log key version is a list of verifier keys")
+        versions.append(tuple(NoteVerifier.from_vkey(v) for v in item))
+    return tuple(versions)
 
 
 def _witness_policy(value: object) -> WitnessPolicy:

@@ -6,13 +6,13 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any
 
-from qward.crypto.signatures import verify_hybrid
+from qward.crypto.signatures import verify_signature
 from qward.errors import ProofError, VerificationError
 from qward.receipts.receipt import SIGNING_CONTEXT, ReceiptBundle
 from qward.receipts.trust import TrustBundle
 from qward.tlog.checkpoint import Checkpoint
 from qward.tlog.merkle import leaf_hash, verify_inclusion
-from qward.tlog.note import open_note
+from qward.tlog.note import open_note_by_any_set
 from qward.tlog.witness_policy import WitnessPolicy
 
 __all__ = ["VerifiedReceipt", "Verifier"]
@@ -43,15 +43,16 @@ class Verifier:
 
         1. Parse strictly (canonical JSON, known format, every field typed).
         2. Verify the hybrid signature under the pinned receipt key named by the signature.
-        3. Open the checkpoint note: every pinned log key must have signed it, and the witness
+        3. Open the checkpoint note: every key of one pinned log key version must have signed it
+           (every pinned key, unless the log rotated its keys), and the witness
            policy (the trust bundle's, unless one is given) must be met by its cosignatures.
         4. Check the checkpoint's origin against the pin and the body's ``log.origin``.
         5. Verify the RFC 9162 inclusion proof of the entry under the checkpoint's root.
         """
         bundle = ReceiptBundle.from_bytes(data)
         key = self._trust.receipt_key(bundle.signature.key_id)
-        verify_hybrid(bundle.signed_message(), bundle.signature, key, context=SIGNING_CONTEXT)
-        text, _ = open_note(bundle.checkpoint, self._trust.log_verifiers)
+        verify_signature(bundle.signed_message(), bundle.signature, key, context=SIGNING_CONTEXT)
+        text, _ = open_note_by_any_set(bundle.checkpoint, self._trust.log_key_sets)
         self._witnesses.check(bundle.checkpoint)
         checkpoint = Checkpoint.from_body(text)
         if checkpoint.origin != self._trust.origin:

@@ -28,7 +28,7 @@ from qward.errors import (
 from qward.tlog import merkle
 from qward.tlog.backend import LogBackend, signer_ids
 from qward.tlog.checkpoint import Checkpoint
-from qward.tlog.note import NoteVerifier, open_note
+from qward.tlog.note import NoteVerifier, open_note_by_any_set
 
 __all__ = ["LogAuditReport", "verify_log"]
 
@@ -109,10 +109,10 @@ def _check_nodes(store: LogBackend, size: int) -> None:
 
 
 def _open_checkpoint(
-    note: bytes, number: int, *, origin: str, verifiers: Sequence[NoteVerifier]
+    note: bytes, number: int, *, origin: str, key_sets: Sequence[Sequence[NoteVerifier]]
 ) -> Checkpoint:
     try:
-        text, _ = open_note(note, verifiers)
+        text, _ = open_note_by_any_set(note, key_sets)
         checkpoint = Checkpoint.from_body(text)
     except (SignatureError, FormatError) as exc:
         raise type(exc)(f"checkpoint #{number}: {exc}") from None
@@ -122,31 +122,59 @@ def _open_checkpoint(
 
 
 def _check_signer_ids(
-    note: bytes, stored: str, number: int, verifiers: Sequence[NoteVerifier]
+    note: bytes,
+    stored: str,
+    number: int,
+    verifiers: Sequence[NoteVerifier],
+    cosigners: Sequence[NoteVerifier],
 ) -> None:
-    """The row's signer list names exactly the trusted keys that signed, in signature order."""
+    """The row's signer list names exactly the trusted keys that signed, in signature order.
+
+    Only the pinned witnesses' cosignatures may follow the log's own lines (they are added after
+    publication, ``add_cosignatures``), and each must verify; a line by any other key is caught.
+    """
+    text = note[: note.rfind(b"\n\n") + 1]
+    witnesses = {(w.name, w.key_id): w for w in cosigners}
     # ``open_note`` has already parsed this note strictly, so its signature lines are well formed.
     trusted = {(v.name, v.key_id): v for v in verifiers}
-    signed = []
+    signed: list[NoteVerifier] = []
+    cosigned = False
     for line in note[note.rfind(b"\n\n") + 2 :].decode("utf-8").splitlines():
         name, encoded = line.split(" ")[1:]
-        key = trusted.get((name, b64decode(encoded, what="note signature")[:4]))
+        raw = b64decode(encoded, what="note signature")
+        key = trusted.get((name, raw[:4]))
         if key is None:
-            raise VerificationError(f"checkpoint #{number} carries a signature by unknown {name!r}")
-        signed.append(key)
+            witness = witnesses.get((name, raw[:4]))
+            if witness is None:
+                raise VerificationError(
+                    f"checkpoint #{number} carries a signature by unknown {name!r}"
+                )
+            witness.verify(text, raw[4:])
+            cosigned = True
+        elif cosigned:
+            raise VerificationError(
+                f"checkpoint #{number}: a log signature follows a line by an unknown key"
+            )
+        else:
+            signed.append(key)
     if signer_ids(signed) != stored:
         raise VerificationError(f"checkpoint #{number}: its stored signer list was changed")
 
 
 def _check_checkpoints(
-    store: LogBackend, size: int, *, origin: str, verifiers: Sequence[NoteVerifier]
+    store: LogBackend,
+    size: int,
+    *,
+    origin: str,
+    key_sets: Sequence[Sequence[NoteVerifier]],
+    cosigners: Sequence[NoteVerifier],
 ) -> int:
     """Step 3: signatures, roots against the verified tree, consistency, and dense numbering."""
     previous: tuple[bytes, Checkpoint] | None = None
     count, renumbered = 0, None
     for count, (number, ids, note) in enumerate(store.checkpoint_rows(), start=1):
-        checkpoint = _open_checkpoint(note, count, origin=origin, verifiers=verifiers)
-        _check_signer_ids(note, ids, count, verifiers)
+        checkpoint = _open_checkpoint(note, count, origin=origin, key_sets=key_sets)
+        _check_signer_ids(note, ids, count, [k for s in key_sets for k in s], cosigners)
         if checkpoint.size > size:
             raise VerificationError(
                 f"checkpoint at size {checkpoint.size} is beyond the tree ({size})"
@@ -195,6 +223,8 @@ def verify_log(
     *,
     origin: str,
     verifiers: Sequence[NoteVerifier],
+    key_sets: Sequence[Sequence[NoteVerifier]] | None = None,
+    cosigners: Sequence[NoteVerifier] = (),
     clock: Callable[[], float] = time.perf_counter,
 ) -> LogAuditReport:
     """Audit the whole log in ``store``; raise a ``VerificationError`` naming the first fault.
@@ -204,7 +234,9 @@ def verify_log(
     2. Check every stored node row, level by level, against the hash of its two children (the
        verified leaf hashes for level 1), so that every stored node equals the tree recomputed
        from the entries; none may be missing and none may lie outside the integrated tree.
-    3. Open every stored checkpoint with all ``verifiers`` required, check its origin and its
+    3. Open every stored checkpoint with all ``verifiers`` required (or, for a log that rotated
+       its keys, every key of one of ``key_sets``; lines after the log's own must be valid
+       cosignatures by ``cosigners``, the pinned witnesses), check its origin and its
        signer list, check its root against the verified tree at its size, verify an RFC 9162
        consistency proof between each checkpoint and the next, and require the checkpoints to be
        numbered 1, 2, ... without gaps.
@@ -215,7 +247,8 @@ def verify_log(
     size = store.size()
     entries = _check_entries(store, size)
     _check_nodes(store, size)
-    checkpoints = _check_checkpoints(store, size, origin=origin, verifiers=verifiers)
+    sets = key_sets if key_sets is not None else (verifiers,)
+    checkpoints = _check_checkpoints(store, size, origin=origin, key_sets=sets, cosigners=cosigners)
     return LogAuditReport(
         entries=entries, tree_size=size, checkpoints=checkpoints, seconds=clock() - started
     )

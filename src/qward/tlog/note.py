@@ -48,6 +48,7 @@ __all__ = [
     "cosignature_timestamp",
     "note_signatures",
     "open_note",
+    "open_note_by_any_set",
     "sign_note",
     "signature_lines",
 ]
@@ -504,3 +505,22 @@ def open_note(
     if not verified:
         raise SignatureError("note carries no signature from a known key")
     return text, tuple(v for k, v in known.items() if k in verified)
+
+
+def open_note_by_any_set(
+    note: bytes, key_sets: Sequence[Sequence[NoteVerifier]]
+) -> tuple[bytes, tuple[NoteVerifier, ...]]:
+    """Verify ``note`` signed by every key of at least one of ``key_sets``.
+
+    This is how a log's checkpoint keys rotate: each key version is a set (an Ed25519 and an
+    ML-DSA-44 key); during a rollover the log signs with the old and the new set, so clients and
+    witnesses pinning either keep verifying. Every signature line by any known key must verify.
+    """
+    known = [key for key_set in key_sets for key in key_set]
+    if not key_sets or any(not key_set for key_set in key_sets):
+        raise InputError("a checkpoint needs at least one non-empty trusted key set")
+    text, verified = open_note(note, list(dict.fromkeys(known)), required=())
+    signed = {(v.name, v.key_id) for v in verified}
+    if not any(all((k.name, k.key_id) in signed for k in key_set) for key_set in key_sets):
+        raise SignatureError("note is not signed by every key of any trusted log key version")
+    return text, verified

@@ -134,6 +134,12 @@ class Sequencer:
                 raise AuditError(f"no checkpoint covers log entry {index} after {timeout} s")
             return self._latest
 
+    def set_signers(self, signers: Sequence[NoteSigner]) -> None:
+        """Sign later checkpoints with ``signers`` (a checkpoint key rotation)."""
+        if not signers:
+            raise InputError("sequencer: a log needs at least one checkpoint signer")
+        self._signers = tuple(signers)
+
     def covered(self, note: bytes) -> None:
         """Tell the sequencer that ``note``, published by someone else, covers its tree size.
 
