@@ -27,17 +27,20 @@ def _seal(data: bytes, chunk: int = CHUNK) -> bytes:
     return out.getvalue()
 
 
-def _open(blob: bytes, path: Path, keys: dict = KEYS) -> bytes:  # type: ignore[type-arg]
+def _open(blob: bytes, path: Path, keys: dict = KEYS, *, in_memory: bool = False) -> bytes:  # type: ignore[type-arg]
+    """Open from a reader, or (``in_memory``) from the bytes themselves, sliced without copies."""
     target = path / "model.onnx"
-    open_stream_to_file(io.BytesIO(blob), target, keys=keys, expected_content_type=CT)
+    src = blob if in_memory else io.BytesIO(blob)
+    open_stream_to_file(src, target, keys=keys, expected_content_type=CT)
     return target.read_bytes()
 
 
+@pytest.mark.parametrize("in_memory", [False, True])
 @pytest.mark.parametrize("size", [0, 1, CHUNK - 1, CHUNK, CHUNK + 1, 3 * CHUNK, 3 * CHUNK + 7])
-def test_round_trip_at_chunk_boundaries(size: int, tmp_path: Path) -> None:
+def test_round_trip_at_chunk_boundaries(size: int, in_memory: bool, tmp_path: Path) -> None:
     data = bytes(i % 251 for i in range(size))
     blob = _seal(data)
-    assert _open(blob, tmp_path) == data
+    assert _open(blob, tmp_path, in_memory=in_memory) == data
     assert read_stream_header(io.BytesIO(blob)).chunk_size == CHUNK
 
 
@@ -47,9 +50,10 @@ HEADER_END = len(BLOB) - (len(SAMPLE) + 4 * 16)
 
 
 def _refused(blob: bytes, path: Path) -> None:
-    with pytest.raises((FormatError, DecryptionError, UnknownKeyError)):
-        _open(blob, path)
-    assert list(path.iterdir()) == [], "plaintext was left behind"
+    for in_memory in (False, True):
+        with pytest.raises((FormatError, DecryptionError, UnknownKeyError)):
+            _open(blob, path, in_memory=in_memory)
+        assert list(path.iterdir()) == [], "plaintext was left behind"
 
 
 @settings(max_examples=150, deadline=None)
