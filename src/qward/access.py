@@ -87,7 +87,11 @@ class AccessControl:
             await self._app(scope, receive, send)
             return
         principal = self._tokens.authenticate(_bearer(request))
-        status, reason = await run_in_threadpool(self._decide, rule, principal)
+        # Only a rule that names a model by digest needs the core (a blocking call) to decide.
+        if rule.model_sha256 is None:
+            status, reason = self._decide(rule, principal)
+        else:
+            status, reason = await run_in_threadpool(self._decide, rule, principal)
         try:
             await run_in_threadpool(
                 self._core.record_access,

@@ -88,7 +88,13 @@ class CoreInterface(Protocol):
     def trust(self) -> TrustBundle: ...
     def register_model(self, sealed_model: bytes, *, name: str) -> ModelInfo: ...
     def run(
-        self, model_sha256: str, sealed_input: bytes, *, seed: int, parameters: dict[str, Any]
+        self,
+        model_sha256: str,
+        sealed_input: bytes,
+        *,
+        seed: int,
+        parameters: dict[str, Any],
+        by_name: bool = False,
     ) -> RunResult: ...
     def replay(
         self,
@@ -189,11 +195,21 @@ class CoreClient:
         return _model_info(reply)
 
     def run(
-        self, model_sha256: str, sealed_input: bytes, *, seed: int, parameters: dict[str, Any]
+        self,
+        model_sha256: str,
+        sealed_input: bytes,
+        *,
+        seed: int,
+        parameters: dict[str, Any],
+        by_name: bool = False,
     ) -> RunResult:
-        """Run a registered model on a sealed input; returns outputs and a logged receipt."""
+        """Run a registered model on a sealed input; returns outputs and a logged receipt.
+
+        With ``by_name``, ``model_sha256`` is a model name the core resolves.
+        """
+        key = "model_name" if by_name else "model_sha256"
         reply, body = self.call(
-            {"op": "run", "model_sha256": model_sha256, "seed": seed, "parameters": parameters},
+            {"op": "run", key: model_sha256, "seed": seed, "parameters": parameters},
             sealed_input,
         )
         return RunResult(

@@ -53,9 +53,31 @@ def _check_value(value: JSONValue, path: str) -> None:
     raise FormatError(f"{path}: value of type {type(value).__name__} cannot be encoded")
 
 
+def _is_canonical(value: JSONValue) -> bool:
+    """The check of ``_check_value`` without building paths: the fast path for valid values."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if item is None or isinstance(item, str | bool):
+            continue
+        if isinstance(item, int):
+            if abs(item) >= 2**53:
+                return False
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+        elif isinstance(item, Mapping):
+            if not all(isinstance(key, str) for key in item):
+                return False
+            stack.extend(item.values())
+        else:
+            return False
+    return True
+
+
 def canonical_json(value: JSONValue) -> bytes:
     """Encode ``value`` as canonical JSON bytes (sorted keys, compact, UTF-8, no floats)."""
-    _check_value(value, "$")
+    if not _is_canonical(value):
+        _check_value(value, "$")  # walks again, building the path, to name what is wrong
     return json.dumps(
         value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
     ).encode("utf-8")

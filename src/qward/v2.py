@@ -273,10 +273,10 @@ def v2_router(
         caller = getattr(request.state, "qward_caller", None)
         if caller is not None:
             extra["qward_caller"] = caller
-        entry = await run_in_threadpool(model, name)
         sealed = seal_input(inputs, trust=trust)
+        # The core resolves the name in the same call: one round trip, no stale lookup.
         result = await run_in_threadpool(
-            core.run, entry["model_sha256"], sealed, seed=seed, parameters=extra
+            core.run, name, sealed, seed=seed, parameters=extra, by_name=True
         )
         reply: dict[str, Any] = {
             "model_name": name,

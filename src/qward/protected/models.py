@@ -191,6 +191,13 @@ class ModelRegistry:
             worker.close()
         entry.pool = []
 
+    def by_name(self, name: str) -> ModelEntry:
+        """The model registered as ``name`` (the first by digest if several share it)."""
+        for entry in self.entries():
+            if entry.name == name:
+                return entry
+        raise NotFoundError(f"model {name!r} is not registered")
+
     def entries(self) -> list[ModelEntry]:
         """Every registered model, in name order."""
         with self._lock:

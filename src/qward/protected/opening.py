@@ -7,7 +7,13 @@ import hmac
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from qward.crypto.envelope import derive_payload_keys, hpke_info, hpke_suite, parse_sealed
+from qward.crypto.envelope import (
+    SealedArtifact,
+    derive_payload_keys,
+    hpke_info,
+    hpke_suite,
+    parse_sealed,
+)
 from qward.errors import DecryptionError, UnknownKeyError
 from qward.protected.handles import HPKEPrivateKey, KeyHandle
 
@@ -20,15 +26,17 @@ def open_sealed(
     keys: dict[str, KeyHandle[HPKEPrivateKey]],
     limit: int,
     expected_content_type: str,
+    parsed: SealedArtifact | None = None,
 ) -> bytes:
     """Authenticate and decrypt ``blob``; any failure raises without returning plaintext.
 
-    1. Parse the framing (``FormatError`` on anything malformed or over ``limit``).
+    1. Parse the framing (``FormatError`` on anything malformed or over ``limit``), unless the
+       caller already parsed exactly this ``blob`` (``parsed``).
     2. Look up the private key by the artifact's key id.
     3. HPKE-open the data key with the header digest as ``info``.
     4. Check the key commitment in constant time, then AES-256-GCM-open the payload.
     """
-    artifact = parse_sealed(blob, limit=limit)
+    artifact = parsed if parsed is not None else parse_sealed(blob, limit=limit)
     if artifact.content_type != expected_content_type:
         raise DecryptionError(
             f"sealed artifact holds {artifact.content_type!r}, expected {expected_content_type!r}"

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from qward import __version__
-from qward.crypto.envelope import parse_sealed
+from qward.crypto.envelope import SealedArtifact, parse_sealed
 from qward.encoding import b64decode, b64encode, canonical_json
 from qward.errors import InputError
 from qward.protected.auditor import Auditor
@@ -114,9 +114,16 @@ class CoreService:
         self._auditor.commit(covering=index)
 
     def _open(
-        self, blob: bytes, *, purpose: str, request_id: str, content_type: str, limit: int
+        self,
+        blob: bytes,
+        *,
+        purpose: str,
+        request_id: str,
+        content_type: str,
+        limit: int,
+        parsed: SealedArtifact | None = None,
     ) -> bytes:
-        artifact = parse_sealed(blob, limit=limit)
+        artifact = parsed if parsed is not None else parse_sealed(blob, limit=limit)
         check_unwrap(self._keys, artifact.key_id, use=purpose)
         self._auditor.record(
             [
@@ -139,7 +146,11 @@ class CoreService:
             },
         ):
             return open_sealed(
-                blob, keys=self._keys.hpke, limit=limit, expected_content_type=content_type
+                blob,
+                keys=self._keys.hpke,
+                limit=limit,
+                expected_content_type=content_type,
+                parsed=artifact,
             )
 
     def _opener(
@@ -196,7 +207,8 @@ class CoreService:
         self, entry: ModelEntry, sealed_input: bytes, *, seed: int, request_id: str, purpose: str
     ) -> tuple[Any, tuple[Tensor, ...], tuple[Tensor, ...], dict[str, Any]]:
         # Plain tensors, or a client's salt followed by them; the sealed header says which.
-        content_type = parse_sealed(sealed_input, limit=MAX_INPUT_BYTES).content_type
+        artifact = parse_sealed(sealed_input, limit=MAX_INPUT_BYTES)
+        content_type = artifact.content_type
         if content_type not in _INPUT_TYPES:
             raise InputError(f"sealed input holds {content_type!r}, not input tensors")
         plaintext = self._open(
@@ -205,6 +217,7 @@ class CoreService:
             request_id=request_id,
             content_type=content_type,
             limit=MAX_INPUT_BYTES,
+            parsed=artifact,
         )
         salt = None
         if content_type == SALTED_INPUT_CONTENT_TYPE:
@@ -224,7 +237,11 @@ class CoreService:
         return worker, inputs, outputs, {**record, "input": input_section(inputs, salt)}
 
     def op_run(self, header: dict[str, Any], payload: bytes) -> Reply:
-        entry = self._models.get(str(header.get("model_sha256")))
+        # By digest, or by name (resolved here, in one step with the run, for V2 clients).
+        if "model_name" in header:
+            entry = self._models.by_name(str(header["model_name"]))
+        else:
+            entry = self._models.get(str(header.get("model_sha256")))
         parameters = _parameters(header.get("parameters", {}))
         seed = _seed(header.get("seed"))
         request_id = self._src.token()
