@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
-from test_witness_service import WitnessProcess, init_witnesses
+from test_witness_service import witnessed_core_state
 
 from qward.audit import export_evidence, query_runs, verify_evidence
 from qward.client import Client
@@ -41,19 +41,7 @@ class Witnessed:
 @pytest.fixture(scope="module")
 def witnessed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Witnessed]:
     root = tmp_path_factory.mktemp("witnessed-audit")
-    state = root / "core"
-    CoreProcess.start(state).stop()  # first start creates the keys and the log's origin
-    trust = TrustBundle.from_bytes((state / "trust.json").read_bytes())
-    witnesses: list[WitnessProcess] = init_witnesses(
-        root, 2, tuple(v.to_vkey() for v in trust.log_verifiers)
-    )
-    config = {
-        "quorum": 2,
-        "witnesses": [{"url": w.url, "keys": [k.to_vkey() for k in w.keys]} for w in witnesses],
-    }
-    (state / "witnesses.json").write_text(json.dumps(config))
-    for w in witnesses:
-        w.start()
+    state, witnesses = witnessed_core_state(root, 2, quorum=2)
     core = CoreProcess.start(state)
     try:
         with core.client() as connection:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -13,7 +14,9 @@ import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from qward.core_process import CoreProcess
 from qward.errors import VerificationError
+from qward.receipts.trust import TrustBundle
 from qward.tlog.note import Ed25519NoteSigner, NoteVerifier
 from qward.tlog.store import SQLiteLogStore
 from qward.tlog.witness import add_checkpoint_body
@@ -99,6 +102,26 @@ def init_witnesses(tmp_path: Path, count: int, logs: tuple[str, ...]) -> list[Wi
         assert {k.algorithm for k in keys} == {0x04, 0x06}
         made.append(WitnessProcess(state=state, port=_free_port(), keys=keys, logs=logs))
     return made
+
+
+def witnessed_core_state(root: Path, count: int, quorum: int) -> tuple[Path, list[WitnessProcess]]:
+    """A core state directory configured with ``count`` started witnesses and ``quorum``.
+
+    The core is started once to create its keys (witnesses must know the log's keys); the caller
+    starts it again to run with the witnesses, and stops the witnesses.
+    """
+    state = root / "core"
+    CoreProcess.start(state).stop()
+    trust = TrustBundle.from_bytes((state / "trust.json").read_bytes())
+    witnesses = init_witnesses(root, count, tuple(v.to_vkey() for v in trust.log_verifiers))
+    config = {
+        "quorum": quorum,
+        "witnesses": [{"url": w.url, "keys": [k.to_vkey() for k in w.keys]} for w in witnesses],
+    }
+    (state / "witnesses.json").write_text(json.dumps(config))
+    for w in witnesses:
+        w.start()
+    return state, witnesses
 
 
 @pytest.fixture()

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
-from test_witness_service import init_witnesses
+from test_witness_service import witnessed_core_state
 
 from qward.client import Client
 from qward.core_process import CoreProcess
@@ -18,17 +17,7 @@ from conftest import example_bytes, iris_inputs
 
 
 def test_receipts_carry_a_witness_quorum_and_fail_without_it(tmp_path: Path) -> None:
-    state = tmp_path / "core"
-    CoreProcess.start(state).stop()  # first start creates the keys and the log's origin
-    trust = TrustBundle.from_bytes((state / "trust.json").read_bytes())
-    witnesses = init_witnesses(tmp_path, 2, tuple(v.to_vkey() for v in trust.log_verifiers))
-    config = {
-        "quorum": 2,
-        "witnesses": [{"url": w.url, "keys": [k.to_vkey() for k in w.keys]} for w in witnesses],
-    }
-    (state / "witnesses.json").write_text(json.dumps(config))
-    for w in witnesses:
-        w.start()
+    state, witnesses = witnessed_core_state(tmp_path, 2, quorum=2)
     core = CoreProcess.start(state)
     try:
         with core.client() as connection:
