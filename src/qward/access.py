@@ -18,7 +18,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from qward.auth import Principal, TokenStore
-from qward.core_protocol import CoreInterface
+from qward.core_protocol import AsyncCoreClient, CoreInterface
 from qward.errors import QwardError
 
 __all__ = ["AccessControl", "Rule", "rule_for"]
@@ -70,11 +70,18 @@ class AccessControl:
     """ASGI middleware enforcing ``rule_for`` with ``tokens`` and logging every decision."""
 
     def __init__(
-        self, app: ASGIApp, *, tokens: TokenStore, core: CoreInterface, allow_model_upload: bool
+        self,
+        app: ASGIApp,
+        *,
+        tokens: TokenStore,
+        core: CoreInterface,
+        recorder: AsyncCoreClient,
+        allow_model_upload: bool,
     ) -> None:
         self._app = app
         self._tokens = tokens
         self._core = core
+        self._recorder = recorder
         self._allow_upload = allow_model_upload
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -93,8 +100,7 @@ class AccessControl:
         else:
             status, reason = await run_in_threadpool(self._decide, rule, principal)
         try:
-            await run_in_threadpool(
-                self._core.record_access,
+            await self._recorder.record_access(
                 token_id=principal.token_id if principal else None,
                 role=principal.role if principal else None,
                 method=request.method,

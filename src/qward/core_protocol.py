@@ -9,6 +9,7 @@ carries a private key, and only sealed models and inputs travel toward the core.
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import threading
 from dataclasses import dataclass
@@ -18,12 +19,13 @@ from typing import Any, Protocol
 from qward import errors
 from qward.encoding import b64decode, b64encode
 from qward.errors import CoreUnavailableError, QwardError
-from qward.framing import recv_frame, send_frame
+from qward.framing import encode_frame, read_frame_async, recv_frame, send_frame
 from qward.receipts.trust import TrustBundle
 from qward.tensors import Tensor, decode_tensors, encode_tensors
 
 __all__ = [
     "MAX_FRAME_PAYLOAD",
+    "AsyncCoreClient",
     "CoreClient",
     "CoreInterface",
     "ModelInfo",
@@ -127,6 +129,35 @@ def _hashes(values: Any) -> tuple[bytes, ...]:
     return tuple(b64decode(v, what="proof hash") for v in values)
 
 
+def _run_header(
+    model: str, *, seed: int, parameters: dict[str, Any], by_name: bool
+) -> dict[str, Any]:
+    key = "model_name" if by_name else "model_sha256"
+    return {"op": "run", key: model, "seed": seed, "parameters": parameters}
+
+
+def _run_result(reply: dict[str, Any], body: bytes) -> RunResult:
+    return RunResult(
+        outputs=decode_tensors(body),
+        receipt=reply["receipt"].encode("utf-8"),
+        receipt_id=reply["receipt_id"],
+        log_index=reply["log_index"],
+    )
+
+
+def _access_header(
+    token_id: str | None, role: str | None, method: str, path: str, decision: str
+) -> dict[str, Any]:
+    return {
+        "op": "record_access",
+        "token_id": token_id,
+        "role": role,
+        "method": method,
+        "path": path,
+        "decision": decision,
+    }
+
+
 class CoreClient:
     """``CoreInterface`` over the core's Unix socket.
 
@@ -207,17 +238,8 @@ class CoreClient:
 
         With ``by_name``, ``model_sha256`` is a model name the core resolves.
         """
-        key = "model_name" if by_name else "model_sha256"
-        reply, body = self.call(
-            {"op": "run", key: model_sha256, "seed": seed, "parameters": parameters},
-            sealed_input,
-        )
-        return RunResult(
-            outputs=decode_tensors(body),
-            receipt=reply["receipt"].encode("utf-8"),
-            receipt_id=reply["receipt_id"],
-            log_index=reply["log_index"],
-        )
+        header = _run_header(model_sha256, seed=seed, parameters=parameters, by_name=by_name)
+        return _run_result(*self.call(header, sealed_input))
 
     def replay(
         self,
@@ -253,16 +275,7 @@ class CoreClient:
         self, *, token_id: str | None, role: str | None, method: str, path: str, decision: str
     ) -> None:
         """Log a public API call and its access decision (raises if the log refuses it)."""
-        self.call(
-            {
-                "op": "record_access",
-                "token_id": token_id,
-                "role": role,
-                "method": method,
-                "path": path,
-                "decision": decision,
-            }
-        )
+        self.call(_access_header(token_id, role, method, path, decision))
 
     def record_admin(self, action: str, **details: Any) -> None:
         """Log an administrative action taken by a public tool (e.g. creating a token)."""
@@ -289,3 +302,80 @@ class CoreClient:
             {"op": "consistency_proof", "old_size": old_size, "new_size": new_size}
         )
         return _hashes(reply["proof"])
+
+
+class AsyncCoreClient:
+    """The calls the public server makes on every request, without a thread per call.
+
+    Same wire protocol as ``CoreClient``, over asyncio Unix-socket streams pooled per event loop:
+    an inference or an access record awaits the core instead of occupying a worker thread.
+    """
+
+    def __init__(self, socket_path: Path, *, timeout: float = 120.0) -> None:
+        self._path = socket_path
+        self._timeout = timeout
+        self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            # Streams belong to the loop that opened them; a new loop starts a new pool.
+            self._loop, self._idle = loop, []
+        if self._idle:
+            return self._idle.pop()
+        try:
+            return await asyncio.open_unix_connection(str(self._path))
+        except OSError as exc:
+            raise CoreUnavailableError(
+                f"cannot reach the protected core at {self._path}: {exc.strerror}"
+            ) from None
+
+    async def call(
+        self, header: dict[str, Any], payload: bytes = b""
+    ) -> tuple[dict[str, Any], bytes]:
+        """Send one request and await the reply; a reported error is raised."""
+        reader, writer = await self._connect()
+        try:
+            writer.write(encode_frame(header, payload))
+            await writer.drain()
+            reply, body = await asyncio.wait_for(
+                read_frame_async(reader, max_payload=MAX_FRAME_PAYLOAD), self._timeout
+            )
+        except (OSError, EOFError, asyncio.IncompleteReadError, TimeoutError) as exc:
+            writer.close()
+            raise CoreUnavailableError(
+                f"the protected core connection failed: {type(exc).__name__}"
+            ) from None
+        except BaseException:
+            writer.close()  # a cancelled call leaves the stream mid-frame: never reuse it
+            raise
+        self._idle.append((reader, writer))
+        if not reply.get("ok"):
+            raise error_from_reply(reply)
+        return reply, body
+
+    async def run(
+        self,
+        model: str,
+        sealed_input: bytes,
+        *,
+        seed: int,
+        parameters: dict[str, Any],
+        by_name: bool = False,
+    ) -> RunResult:
+        """``CoreClient.run``, awaited."""
+        header = _run_header(model, seed=seed, parameters=parameters, by_name=by_name)
+        return _run_result(*await self.call(header, sealed_input))
+
+    async def record_access(
+        self, *, token_id: str | None, role: str | None, method: str, path: str, decision: str
+    ) -> None:
+        """``CoreClient.record_access``, awaited."""
+        await self.call(_access_header(token_id, role, method, path, decision))
+
+    def close(self) -> None:
+        """Close every pooled stream."""
+        idle, self._idle = self._idle, []
+        for _, writer in idle:
+            writer.close()

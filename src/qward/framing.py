@@ -16,7 +16,9 @@ from qward.errors import FormatError
 __all__ = [
     "MAX_HEADER_BYTES",
     "FrameTooLargeError",
+    "encode_frame",
     "read_frame",
+    "read_frame_async",
     "recv_frame",
     "send_frame",
     "write_frame",
@@ -35,9 +37,17 @@ class _Socket(Protocol):
     def recv_into(self, buffer: memoryview, nbytes: int = ..., /) -> int: ...
 
 
-def _encode(header: dict[str, Any], payload: bytes) -> bytes:
+class _AsyncReader(Protocol):
+    async def readexactly(self, n: int, /) -> bytes: ...
+
+
+def encode_frame(header: dict[str, Any], payload: bytes = b"") -> bytes:
+    """One frame's bytes."""
     head = canonical_json(header)
     return _PREFIX.pack(len(head), len(payload)) + head + payload
+
+
+_encode = encode_frame
 
 
 def _check_lengths(head_len: int, body_len: int, max_payload: int) -> None:
@@ -96,3 +106,13 @@ def recv_frame(sock: _Socket, *, max_payload: int) -> tuple[dict[str, Any], byte
     _check_lengths(head_len, body_len, max_payload)
     header = parse_canonical_json(_recv_exact(sock, head_len), what="frame header")
     return header, _recv_exact(sock, body_len)
+
+
+async def read_frame_async(
+    reader: _AsyncReader, *, max_payload: int
+) -> tuple[dict[str, Any], bytes]:
+    """Read one frame from an asyncio stream; ``asyncio.IncompleteReadError`` if it closes."""
+    head_len, body_len = _PREFIX.unpack(await reader.readexactly(_PREFIX.size))
+    _check_lengths(head_len, body_len, max_payload)
+    header = parse_canonical_json(await reader.readexactly(head_len), what="frame header")
+    return header, await reader.readexactly(body_len)

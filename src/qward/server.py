@@ -19,7 +19,7 @@ from qward import __version__
 from qward.access import AccessControl
 from qward.auth import TOKEN_FILE, TokenStore
 from qward.core_process import socket_path
-from qward.core_protocol import CoreClient
+from qward.core_protocol import AsyncCoreClient, CoreClient
 from qward.encoding import b64encode, parse_canonical_json
 from qward.errors import (
     AuditError,
@@ -76,6 +76,8 @@ def create_app(
     """
     app = FastAPI(title="qward", version=__version__)
     core = CoreClient(socket_path(state_dir))
+    # The per-request calls (access records, inferences) await the core on the event loop.
+    hot = AsyncCoreClient(socket_path(state_dir))
     metrics = Metrics()
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     if not unsafe_no_auth:
@@ -83,13 +85,14 @@ def create_app(
             AccessControl,
             tokens=TokenStore(state_dir / TOKEN_FILE),
             core=core,
+            recorder=hot,
             allow_model_upload=allow_model_upload,
         )
     app.include_router(health_router(core, metrics))
     repository = ModelRepository(model_repository) if model_repository else None
     if repository is not None:
         repository.load_all(core)
-    app.include_router(v2_router(core, core.trust(), repository))
+    app.include_router(v2_router(core, core.trust(), repository, runner=hot))
 
     @app.exception_handler(QwardError)
     async def _qward_error(request: Request, exc: QwardError) -> JSONResponse:
@@ -124,9 +127,7 @@ def create_app(
         sealed = await _body(request, 64 * 1024 * 1024)
         caller = getattr(request.state, "qward_caller", None)
         parameters = {"qward_caller": caller} if caller else {}
-        result = await run_in_threadpool(
-            core.run, model_sha256, sealed, seed=seed, parameters=parameters
-        )
+        result = await hot.run(model_sha256, sealed, seed=seed, parameters=parameters)
         return {
             "outputs": tensors_to_json(result.outputs),
             "parameters": {"receipt_id": result.receipt_id, "log_index": result.log_index},

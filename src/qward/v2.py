@@ -17,11 +17,10 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
-from starlette.concurrency import run_in_threadpool
 
 from qward import __version__
 from qward.client import seal_input
-from qward.core_protocol import CoreInterface
+from qward.core_protocol import AsyncCoreClient, CoreInterface
 from qward.encoding import read_limited
 from qward.errors import InputError, NotFoundError
 from qward.receipts.trust import TrustBundle
@@ -179,9 +178,16 @@ class ModelRepository:
 
 
 def v2_router(
-    core: CoreInterface, trust: TrustBundle, repository: ModelRepository | None = None
+    core: CoreInterface,
+    trust: TrustBundle,
+    repository: ModelRepository | None = None,
+    *,
+    runner: AsyncCoreClient,
 ) -> APIRouter:
-    """The V2 routes over ``core``; models are addressed by the name they were registered under."""
+    """The V2 routes over ``core``; models are addressed by the name they were registered under.
+
+    Inferences go through ``runner``, which awaits the core without a thread per request.
+    """
     router = APIRouter(prefix="/v2", tags=["open-inference-protocol-v2"])
 
     def model(name: str) -> dict[str, Any]:
@@ -275,9 +281,7 @@ def v2_router(
             extra["qward_caller"] = caller
         sealed = seal_input(inputs, trust=trust)
         # The core resolves the name in the same call: one round trip, no stale lookup.
-        result = await run_in_threadpool(
-            core.run, name, sealed, seed=seed, parameters=extra, by_name=True
-        )
+        result = await runner.run(name, sealed, seed=seed, parameters=extra, by_name=True)
         reply: dict[str, Any] = {
             "model_name": name,
             "model_version": "1",

@@ -78,6 +78,17 @@ def test_phases_round_trip(store: LogBackend) -> None:
     assert store.node(1, 0) == merkle.node_hash(store.node(0, 0), store.node(0, 1))
 
 
+def test_publish_can_integrate_in_the_same_transaction(store: LogBackend) -> None:
+    store.sequence([entry(i) for i in range(5)])
+    assert store.size() == 0
+    note = store.publish(origin=ORIGIN, signers=SIGNERS, integrate=True)
+    want = merkle.root_from_leaf_hashes([merkle.leaf_hash(entry(i)) for i in range(5)])
+    assert checkpoint_of(note) == Checkpoint(origin=ORIGIN, size=5, root_hash=want)
+    assert store.size() == 5
+    # Nothing new: the same checkpoint comes back rather than another signature.
+    assert store.publish(origin=ORIGIN, signers=SIGNERS, integrate=True) == note
+
+
 def test_nothing_new_reuses_the_latest_checkpoint(store: LogBackend) -> None:
     first = grow(store, [2])[0]
     store.integrate()

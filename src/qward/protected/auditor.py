@@ -94,8 +94,9 @@ class Auditor:
                 return latest
             with self._lock, tracer().start_as_current_span("qward.log.publish"):
                 try:
-                    self._store.integrate()
-                    note = self._store.publish(origin=self._origin, signers=self._signers)
+                    note = self._store.publish(
+                        origin=self._origin, signers=self._signers, integrate=True
+                    )
                     note = self._cosign(note)
                 except AuditError:
                     raise

@@ -60,8 +60,11 @@ class LogBackend(Protocol):
         """Extend the tree to every sequenced entry; returns (size, root hash)."""
         ...
 
-    def publish(self, *, origin: str, signers: Sequence[NoteSigner]) -> bytes:
-        """Sign and store a checkpoint of the integrated tree; returns the signed note."""
+    def publish(
+        self, *, origin: str, signers: Sequence[NoteSigner], integrate: bool = False
+    ) -> bytes:
+        """Sign and store a checkpoint of the integrated tree (integrating first, in the same
+        transaction, if ``integrate``); returns the signed note."""
         ...
 
     def add_cosignatures(self, note: bytes) -> None:

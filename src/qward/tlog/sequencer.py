@@ -245,8 +245,7 @@ class Sequencer:
 
     def _checkpoint(self) -> None:
         self._last_checkpoint = self._clock()
-        self._store.integrate()
-        note = self._store.publish(origin=self._origin, signers=self._signers)
+        note = self._store.publish(origin=self._origin, signers=self._signers, integrate=True)
         with self._published:
             self._published_size = note_checkpoint(note).size
             self._latest = note

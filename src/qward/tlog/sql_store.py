@@ -130,15 +130,17 @@ class SQLLogStore(ABC):
     def integrate(self) -> tuple[int, bytes]:
         """Store the subtree hashes the newly sequenced leaves complete; returns (size, root)."""
         with self._transaction("integrating sequenced entries"):
-            old, new = self._meta("integrated_size"), self._sequenced()
-            if old > new:
-                raise AuditError(f"transparency log: integrated size {old} exceeds {new} entries")
-            if new > old:
-                rows = self._new_nodes(old, new)
-                self._insert("nodes", ("level", "idx", "hash"), rows)
-                self._run("UPDATE meta SET value = ? WHERE key = 'integrated_size'", (new,))
-            root = merkle.root_from_node_getter(new, self._stored_node)
-        return new, root
+            return self._integrate_locked()
+
+    def _integrate_locked(self) -> tuple[int, bytes]:
+        old, new = self._meta("integrated_size"), self._sequenced()
+        if old > new:
+            raise AuditError(f"transparency log: integrated size {old} exceeds {new} entries")
+        if new > old:
+            rows = self._new_nodes(old, new)
+            self._insert("nodes", ("level", "idx", "hash"), rows)
+            self._run("UPDATE meta SET value = ? WHERE key = 'integrated_size'", (new,))
+        return new, merkle.root_from_node_getter(new, self._stored_node)
 
     def _new_nodes(self, old: int, new: int) -> list[tuple[int, int, bytes]]:
         """Every perfect subtree that is complete at size ``new`` but was not at size ``old``.
@@ -172,10 +174,13 @@ class SQLLogStore(ABC):
             below, low, level = current, first, level + 1
         return rows
 
-    def publish(self, *, origin: str, signers: Sequence[NoteSigner]) -> bytes:
+    def publish(
+        self, *, origin: str, signers: Sequence[NoteSigner], integrate: bool = False
+    ) -> bytes:
         """Sign and store a checkpoint for the integrated tree; returns the signed note.
 
-        1. Compute the root of the integrated tree from the stored nodes.
+        1. Compute the root of the integrated tree from the stored nodes (with ``integrate``,
+           first integrate everything sequenced, in the same transaction: one commit, not two).
         2. If a checkpoint was published before, check it is for the same origin and that the
            tree still has its root at its size and extends it (a log MUST NOT sign a checkpoint
            inconsistent with one it signed before, c2sp.org/tlog-checkpoint "Signatures").
@@ -184,8 +189,11 @@ class SQLLogStore(ABC):
         """
         ids = signer_ids(signers)
         with self._transaction(f"publishing a checkpoint for {origin!r}"):
-            size = self._meta("integrated_size")
-            root = merkle.root_from_node_getter(size, self._stored_node)
+            if integrate:
+                size, root = self._integrate_locked()
+            else:
+                size = self._meta("integrated_size")
+                root = merkle.root_from_node_getter(size, self._stored_node)
             latest = self._one("SELECT signers, note FROM checkpoints ORDER BY seq DESC LIMIT 1")
             if latest is not None:
                 previous = note_checkpoint(bytes(latest[1]))
