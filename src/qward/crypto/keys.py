@@ -6,6 +6,7 @@ id and an id can be recomputed by anyone holding the public key.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives import hpke
@@ -100,13 +101,18 @@ class HPKERecipientKey:
         """The suite's public components by name, in key-id order."""
         return {name: getattr(self, name) for name, _ in _HPKE_LAYOUT[self.suite]}
 
-    @property
+    # Both are derived from the frozen fields once: a server seals to the same key per request.
+    @functools.cached_property
     def key_id(self) -> str:
         """Key id over every public component of the suite."""
         return key_id_for(self.suite, b"".join(self.components().values()))
 
     def to_hpke(self) -> HPKEPublicKey:
         """The pyca/cryptography public key object HPKE encrypts to."""
+        return self._hpke_public
+
+    @functools.cached_property
+    def _hpke_public(self) -> HPKEPublicKey:
         try:
             if self.suite == MLKEM768_X25519_HKDF_SHA256_AES_256_GCM:
                 return hpke.MLKEM768X25519PublicKey(
@@ -197,7 +203,7 @@ class ReceiptVerifyKey:
         if [(n, len(v)) for n, v in self.parts] != list(layout):
             raise FormatError(f"receipt verification key: wrong components for {self.suite}")
 
-    @property
+    @functools.cached_property
     def key_id(self) -> str:
         """Key id over every public component, in order."""
         return key_id_for(self.suite, b"".join(v for _, v in self.parts))

@@ -7,6 +7,7 @@ otherwise the OpenTelemetry API stays a no-op unless the embedding process insta
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import threading
@@ -63,6 +64,7 @@ def setup_tracing() -> None:
     trace.set_tracer_provider(provider)
 
 
+@functools.cache
 def tracer() -> trace.Tracer:
-    """The core's tracer."""
+    """The core's tracer (one object: it follows whatever provider is installed, even later)."""
     return trace.get_tracer("qward.core")

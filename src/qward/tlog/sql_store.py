@@ -36,6 +36,29 @@ _BATCH = 512
 Row = tuple[Any, ...]
 
 
+class _Guard:
+    """``SQLLogStore._guard`` as a plain class: it wraps every store call, so it stays cheap."""
+
+    __slots__ = ("_store", "_what")
+
+    def __init__(self, store: SQLLogStore, what: str) -> None:
+        self._store = store
+        self._what = what
+
+    def __enter__(self) -> None:
+        self._store._lock.acquire()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self._store._lock.release()
+        if exc is not None and isinstance(exc, self._store.driver_errors):
+            raise AuditError(f"transparency log: {self._what} failed: {exc}") from None
+
+
 class SQLLogStore(ABC):
     """A transparency log in SQL tables; subclasses bind it to one database driver."""
 
@@ -73,18 +96,13 @@ class SQLLogStore(ABC):
 
     # -- plumbing ----------------------------------------------------------------------------
 
-    @contextmanager
-    def _guard(self, what: str) -> Iterator[None]:
+    def _guard(self, what: str) -> _Guard:
         """Hold the lock and turn database failures into ``AuditError`` naming ``what``."""
-        with self._lock:
-            try:
-                yield
-            except self.driver_errors as exc:
-                raise AuditError(f"transparency log: {what} failed: {exc}") from None
+        return _Guard(self, what)
 
     @contextmanager
     def _transaction(self, what: str) -> Iterator[None]:
-        with self._guard(what), self._write():
+        with _Guard(self, what), self._write():
             yield
 
     def _one(self, sql: str, params: Sequence[object] = ()) -> Row | None:
