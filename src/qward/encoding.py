@@ -53,22 +53,32 @@ def _check_value(value: JSONValue, path: str) -> None:
     raise FormatError(f"{path}: value of type {type(value).__name__} cannot be encoded")
 
 
+_LIMIT = 2**53
+
+
 def _is_canonical(value: JSONValue) -> bool:
-    """The check of ``_check_value`` without building paths: the fast path for valid values."""
+    """The check of ``_check_value`` without building paths: the fast path for valid values.
+
+    Exact type tests keep it cheap on the common types; anything else (subclasses, other
+    mappings) goes to ``_check_value``'s slow path by answering False.
+    """
     stack = [value]
+    pop, extend = stack.pop, stack.extend
     while stack:
-        item = stack.pop()
-        if item is None or isinstance(item, str | bool):
+        item = pop()
+        kind = type(item)
+        if kind is str or kind is bool or item is None:
             continue
-        if isinstance(item, int):
-            if abs(item) >= 2**53:
+        if kind is int:
+            if not -_LIMIT < item < _LIMIT:
                 return False
-        elif isinstance(item, list | tuple):
-            stack.extend(item)
-        elif isinstance(item, Mapping):
-            if not all(isinstance(key, str) for key in item):
-                return False
-            stack.extend(item.values())
+        elif kind is dict:
+            for key in item:
+                if type(key) is not str:
+                    return False
+            extend(item.values())
+        elif kind is list or kind is tuple:
+            extend(item)
         else:
             return False
     return True
@@ -77,7 +87,8 @@ def _is_canonical(value: JSONValue) -> bool:
 def canonical_json(value: JSONValue) -> bytes:
     """Encode ``value`` as canonical JSON bytes (sorted keys, compact, UTF-8, no floats)."""
     if not _is_canonical(value):
-        _check_value(value, "$")  # walks again, building the path, to name what is wrong
+        # Walks again with paths: names what is wrong, or accepts what the fast path left to it.
+        _check_value(value, "$")
     return json.dumps(
         value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
     ).encode("utf-8")

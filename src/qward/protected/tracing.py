@@ -7,12 +7,13 @@ otherwise the OpenTelemetry API stays a no-op unless the embedding process insta
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
 import threading
 from collections.abc import Sequence
-from typing import IO
+from typing import IO, Any
 
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -64,7 +65,19 @@ def setup_tracing() -> None:
     trace.set_tracer_provider(provider)
 
 
+class _NoSpans:
+    """Stands in for a tracer when no provider is installed: spans cost nothing then."""
+
+    def start_as_current_span(
+        self, name: str, attributes: dict[str, Any] | None = None
+    ) -> contextlib.nullcontext[None]:
+        return contextlib.nullcontext()
+
+
 @functools.cache
-def tracer() -> trace.Tracer:
-    """The core's tracer (one object: it follows whatever provider is installed, even later)."""
+def tracer() -> trace.Tracer | _NoSpans:
+    """The core's tracer; a free stand-in unless a tracer provider was installed before the
+    first span (``setup_tracing`` runs first thing in the core process)."""
+    if isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
+        return _NoSpans()
     return trace.get_tracer("qward.core")
