@@ -456,9 +456,10 @@ class CoreService:
             return handler(self, header, payload)
 
     def close(self) -> None:
-        """Stop workers and record the stop."""
+        """Stop workers, record the stop, and drain the log's sequencer."""
         self._models.close()
         self.log_admin("core-stop", pid=os.getpid())
+        self._auditor.close()
 
 
 def _seed(value: object) -> int:
