@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI, Request
 from fastapi.responses import PlainTextResponse, Response
+from starlette.concurrency import run_in_threadpool
 
 from qward.errors import FormatError, InputError
 from qward.tlog.witness import MAX_BODY, SIZE_CONTENT_TYPE, Witness, WitnessRefusedError
@@ -34,7 +35,8 @@ def create_witness_app(witness: Witness) -> FastAPI:
     @app.post("/add-checkpoint")
     async def add_checkpoint(request: Request) -> Response:
         try:
-            lines = witness.add_checkpoint(await _body(request))
+            # Verifying signatures and the fsync of the state run off the event loop.
+            lines = await run_in_threadpool(witness.add_checkpoint, await _body(request))
         except WitnessRefusedError as refusal:
             if refusal.size is not None:
                 return Response(f"{refusal.size}\n", 409, media_type=SIZE_CONTENT_TYPE)
