@@ -37,6 +37,7 @@ __all__ = [
     "ReceiptVerifyKey",
     "SignaturePublicKey",
     "key_id_for",
+    "parse_signature_parts",
 ]
 
 _MLKEM768_PUBLIC_LEN = 1184
@@ -166,6 +167,23 @@ class HPKERecipientKey:
         return key
 
 
+def parse_signature_parts(
+    doc: object, *, what: str
+) -> tuple[str, str, tuple[tuple[str, bytes], ...]]:
+    """(suite, key_id, components) of the wire form receipt keys and signatures share:
+    ``{"suite", "key_id", <one base64 field per component of the suite>}``, nothing else."""
+    if not isinstance(doc, dict):
+        raise FormatError(f"{what}: expected an object")
+    suite = require_suite(doc.get("suite"), expected=frozenset(SIGNATURE_LAYOUT), what=what)
+    names = [name for name, _ in SIGNATURE_LAYOUT[suite]]
+    if set(doc) != {"suite", "key_id", *names}:
+        raise FormatError(f"{what}: expected suite, key_id and {', '.join(names)}")
+    if not isinstance(doc["key_id"], str):
+        raise FormatError(f"{what}: key_id must be a string")
+    parts = tuple((n, b64decode(doc[n], what=f"{what} {n}")) for n in names)
+    return suite, doc["key_id"], parts
+
+
 #: The public components of each receipt-signature suite, in key-id order, with their lengths.
 SIGNATURE_LAYOUT: dict[str, tuple[tuple[str, int], ...]] = {
     MLDSA65_ED25519: (("mldsa65", _MLDSA65_PUBLIC_LEN), ("ed25519", _RAW32)),
@@ -232,17 +250,8 @@ class ReceiptVerifyKey:
     @classmethod
     def from_json(cls, doc: object) -> ReceiptVerifyKey:
         """Parse the wire form, checking that the stated key id matches the key."""
-        if not isinstance(doc, dict):
-            raise FormatError("receipt verification key: expected an object")
-        suite = require_suite(
-            doc.get("suite"), expected=frozenset(SIGNATURE_LAYOUT), what="receipt verification key"
-        )
-        names = [name for name, _ in SIGNATURE_LAYOUT[suite]]
-        if set(doc) != {"suite", "key_id", *names}:
-            raise FormatError(f"receipt verification key: expected suite, key_id and {names}")
-        key = cls.from_public(
-            suite, {n: b64decode(doc.get(n), what=f"verification key {n}") for n in names}
-        )
-        if doc.get("key_id") != key.key_id:
+        suite, key_id, parts = parse_signature_parts(doc, what="receipt verification key")
+        key = cls(suite=suite, parts=parts)
+        if key_id != key.key_id:
             raise FormatError("receipt verification key: key_id does not match the key")
         return key

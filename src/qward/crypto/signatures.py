@@ -14,10 +14,9 @@ from dataclasses import dataclass
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from qward.crypto.keys import SIGNATURE_LAYOUT, ReceiptVerifyKey
-from qward.encoding import b64decode, b64encode
+from qward.crypto.keys import ReceiptVerifyKey, parse_signature_parts
+from qward.encoding import b64encode
 from qward.errors import FormatError, SignatureError
-from qward.suites import require_suite
 
 __all__ = ["ReceiptSignature", "ed25519_message", "verify_signature"]
 
@@ -47,20 +46,10 @@ class ReceiptSignature:
     @classmethod
     def from_json(cls, doc: object) -> ReceiptSignature:
         """Parse the wire form strictly: known suite, its components, their exact lengths."""
-        if not isinstance(doc, dict):
-            raise FormatError("signature: expected an object")
-        suite = require_suite(
-            doc.get("suite"), expected=frozenset(SIGNATURE_LAYOUT), what="signature"
-        )
-        names = [name for name, _ in SIGNATURE_LAYOUT[suite]]
-        if set(doc) != {"suite", "key_id", *names}:
-            raise FormatError(f"signature: expected suite, key_id and {', '.join(names)}")
-        if not isinstance(doc["key_id"], str):
-            raise FormatError("signature: key_id must be a string")
-        parts = tuple((n, b64decode(doc[n], what=f"signature {n}")) for n in names)
+        suite, key_id, parts = parse_signature_parts(doc, what="signature")
         if any(len(value) != _SIGNATURE_LEN[name] for name, value in parts):
             raise FormatError("signature: wrong signature lengths")
-        return cls(suite=suite, key_id=doc["key_id"], parts=parts)
+        return cls(suite=suite, key_id=key_id, parts=parts)
 
 
 def verify_signature(

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from qward.errors import AuditError, NotFoundError
 from qward.protected.tracing import tracer
-from qward.tlog.backend import LogBackend
+from qward.tlog.backend import LogBackend, note_checkpoint
 from qward.tlog.checkpoint import Checkpoint
 from qward.tlog.layout import (
     TILE_WIDTH,
@@ -104,7 +104,7 @@ class Auditor:
                     raise AuditError(
                         f"publishing a checkpoint failed: {type(exc).__name__}"
                     ) from None
-            self._latest = (note, Checkpoint.from_body(note.split(b"\n\n", 1)[0] + b"\n"))
+            self._latest = (note, note_checkpoint(note))
             self._sequencer.covered(note)
             return self._latest
 
@@ -117,7 +117,7 @@ class Auditor:
                 note = latest  # a request's commit already had it cosigned
             else:
                 return  # a request published a newer checkpoint meanwhile, cosigned by it
-            checkpoint = Checkpoint.from_body(note.split(b"\n\n", 1)[0] + b"\n")
+            checkpoint = note_checkpoint(note)
             if self._latest is None or self._latest[1].size <= checkpoint.size:
                 self._latest = (note, checkpoint)
 
@@ -154,7 +154,7 @@ class Auditor:
         """A C2SP tlog-tiles resource, served only within the latest published checkpoint."""
         ref = parse_tile_path(path)
         note = self.latest_checkpoint()
-        size = Checkpoint.from_body(note.split(b"\n\n", 1)[0] + b"\n").size
+        size = note_checkpoint(note).size
         if tile_width_at(ref, size) < ref.width:
             raise NotFoundError(f"{path} is not part of the published tree of {size} entries")
         if ref.level is not None:

@@ -24,6 +24,7 @@ from pathlib import Path
 from qward.encoding import b64decode, b64encode
 from qward.errors import FormatError, ProofError, QwardError, SignatureError
 from qward.tlog import merkle
+from qward.tlog.backend import note_checkpoint
 from qward.tlog.checkpoint import Checkpoint
 from qward.tlog.note import MAX_NOTE_BYTES, NoteSigner, NoteVerifier, open_note, signature_lines
 
@@ -229,7 +230,7 @@ class Witness:
             if request.proof:
                 raise WitnessRefusedError(422, "the consistency proof from size 0 must be empty")
             return
-        previous = Checkpoint.from_body(bytes(row[1])[: bytes(row[1]).rfind(b"\n\n") + 1])
+        previous = note_checkpoint(bytes(row[1]))
         if previous.size == checkpoint.size:
             if previous.root_hash != checkpoint.root_hash:
                 raise WitnessRefusedError(409, f"a different root hash at the same size {size}")

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import httpx
 
 from qward.errors import FormatError, QwardError, VerificationError
-from qward.tlog.checkpoint import Checkpoint
+from qward.tlog.backend import note_checkpoint
 from qward.tlog.note import NoteVerifier, add_signature_lines, note_signatures
 from qward.tlog.witness import SIZE_CONTENT_TYPE, add_checkpoint_body
 from qward.tlog.witness_policy import Quorum
@@ -98,7 +98,7 @@ class WitnessClient:
 
     def cosign(self, note: bytes, proofs: ProofSource) -> bytes:
         """``note`` with every cosignature the witnesses gave; failures are reported, skipped."""
-        size = Checkpoint.from_body(note[: note.rfind(b"\n\n") + 1]).size
+        size = note_checkpoint(note).size
         results = self._pool.map(lambda w: self._ask(w, note, size, proofs), self._witnesses)
         for lines in results:
             if lines:
