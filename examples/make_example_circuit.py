@@ -11,13 +11,13 @@ it. The spec is data, not code; qward validates it and runs it in its sandboxed 
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pennylane as qml  # type: ignore[import-untyped]
+from make_example_model import write_iris_request
 from pennylane import numpy as pnp  # type: ignore[import-untyped]
 from sklearn.datasets import load_iris
 
@@ -114,18 +114,7 @@ def build(out_dir: Path = OUT) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "iris-vqc.circuit.json"
     path.write_bytes(canonical_json(document))
-    request = {
-        "inputs": [
-            {
-                "name": "X",
-                "datatype": "FP32",
-                "shape": [3, 4],
-                "data": features[[0, 60, 120]].reshape(-1).tolist(),
-            }
-        ],
-        "parameters": {"seed": 42},
-    }
-    (out_dir / "iris-vqc-request.json").write_text(json.dumps(request, indent=2) + "\n")
+    write_iris_request(out_dir / "iris-vqc-request.json", features)
     return path
 
 

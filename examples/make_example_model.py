@@ -21,6 +21,22 @@ from sklearn.preprocessing import StandardScaler
 OUT = Path(__file__).resolve().parent.parent / "src" / "qward" / "examples"
 
 
+def write_iris_request(path: Path, features: np.ndarray) -> None:
+    """A V2 request of three iris flowers (one per class), seed 42, as the examples ship it."""
+    request = {
+        "inputs": [
+            {
+                "name": "X",
+                "datatype": "FP32",
+                "shape": [3, 4],
+                "data": features[[0, 60, 120]].reshape(-1).tolist(),
+            }
+        ],
+        "parameters": {"seed": 42},
+    }
+    path.write_text(json.dumps(request, indent=2) + "\n")
+
+
 def build(out_dir: Path = OUT) -> Path:
     """Train, convert and write ``iris-mlp.onnx`` and a sample request beside it."""
     features, labels = load_iris(return_X_y=True)
@@ -36,18 +52,7 @@ def build(out_dir: Path = OUT) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "iris-mlp.onnx"
     path.write_bytes(onnx_model.SerializeToString())
-    request = {
-        "inputs": [
-            {
-                "name": "X",
-                "datatype": "FP32",
-                "shape": [3, 4],
-                "data": features[[0, 60, 120]].reshape(-1).tolist(),
-            }
-        ],
-        "parameters": {"seed": 42},
-    }
-    (out_dir / "iris-request.json").write_text(json.dumps(request, indent=2) + "\n")
+    write_iris_request(out_dir / "iris-request.json", features)
     return path
 
 
