@@ -24,8 +24,8 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from qward.client import Client
-from qward.core_process import CoreProcess
+from qward.sdk.client import Client
+from qward.sdk.core_process import CoreProcess
 from qward.tensors import Tensor, tensors_from_json
 
 

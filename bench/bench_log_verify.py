@@ -21,9 +21,9 @@ from pathlib import Path
 
 from rich.progress import Progress
 
-from qward.core_process import CoreProcess
 from qward.protected.keystore import load_keystore
 from qward.receipts.trust import TrustBundle
+from qward.sdk.core_process import CoreProcess
 from qward.tlog.store import SQLiteLogStore
 
 _BATCH = 50_000

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import httpx
 
-from qward.auth import TOKEN_FILE, TokenStore
-from qward.client import seal_model
+from qward.public.auth import TOKEN_FILE, TokenStore
 from qward.receipts.trust import TrustBundle
+from qward.sdk.client import seal_model
 
 
 def _port() -> int:

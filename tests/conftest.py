@@ -15,10 +15,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from qward.auth import TOKEN_FILE, TokenStore
-from qward.client import Client
-from qward.core_process import CoreProcess
-from qward.core_protocol import ModelInfo
+from qward.core_api import ModelInfo
+from qward.public.auth import TOKEN_FILE, TokenStore
+from qward.sdk.client import Client
+from qward.sdk.core_process import CoreProcess
 from qward.tensors import Tensor, tensors_from_json
 
 from postgres_server import postgres_server

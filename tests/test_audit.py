@@ -13,11 +13,11 @@ import httpx
 import pytest
 
 from qward.audit import export_evidence, query_runs, verify_evidence
-from qward.auth import TOKEN_FILE, TokenStore
-from qward.client import seal_model
-from qward.core_process import CoreProcess
 from qward.errors import ProofError, VerificationError
+from qward.public.auth import TOKEN_FILE, TokenStore
 from qward.receipts.trust import TrustBundle
+from qward.sdk.client import seal_model
+from qward.sdk.core_process import CoreProcess
 from qward.tlog.store import SQLiteLogStore
 
 from conftest import Served, example_bytes, start_serve, stop_serve

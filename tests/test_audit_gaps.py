@@ -14,8 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from qward.audit import _gap_fields, find_gaps
-from qward.core_process import CoreProcess
 from qward.receipts.entries import access_entry, admin_entry, key_use_entry, replay_entry
+from qward.sdk.core_process import CoreProcess
 from qward.tlog.store import SQLiteLogStore
 
 _T0 = datetime(2026, 11, 24, 12, 0, 0, tzinfo=UTC)

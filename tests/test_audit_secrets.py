@@ -15,10 +15,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from qward.auth import TOKEN_FILE, TokenStore
-from qward.client import seal_input, seal_model
 from qward.protected.keystore import PASSPHRASE_ENV, load_keystore
+from qward.public.auth import TOKEN_FILE, TokenStore
 from qward.receipts.trust import TrustBundle
+from qward.sdk.client import seal_input, seal_model
 from qward.tlog.store import SQLiteLogStore
 
 from conftest import example_bytes, iris_inputs, start_serve, stop_serve

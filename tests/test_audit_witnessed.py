@@ -17,10 +17,10 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from test_witness_service import witnessed_core_state
 
 from qward.audit import export_evidence, query_runs, verify_evidence
-from qward.client import Client
-from qward.core_process import CoreProcess
 from qward.errors import SignatureError, VerificationError
 from qward.receipts.trust import TrustBundle
+from qward.sdk.client import Client
+from qward.sdk.core_process import CoreProcess
 from qward.tlog.note import NoteVerifier
 from qward.tlog.store import SQLiteLogStore
 from qward.tlog.witness_policy import Quorum, UnsafeNoWitnesses

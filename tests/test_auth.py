@@ -11,9 +11,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from qward.auth import TOKEN_FILE, TokenStore
-from qward.client import seal_input, seal_model
+from qward.public.auth import TOKEN_FILE, TokenStore
 from qward.receipts.trust import TrustBundle
+from qward.sdk.client import seal_input, seal_model
 
 from conftest import Served, example_bytes, iris_inputs, start_serve, stop_serve
 

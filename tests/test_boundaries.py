@@ -17,8 +17,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from qward.client import seal_input, seal_model
 from qward.receipts.trust import TrustBundle
+from qward.sdk.client import seal_input, seal_model
 from qward.tensors import tensors_from_json
 
 from conftest import Served, _free_port, _wait_for, example_bytes
@@ -27,9 +27,9 @@ PUBLIC_FLOW = textwrap.dedent("""
     import sys
     from pathlib import Path
     from importlib import resources
-    import qward.cli, qward.server, qward.client
-    from qward.client import Client
-    from qward.core_process import CoreProcess
+    import qward.cli, qward.public.app, qward.sdk.client
+    from qward.sdk.client import Client
+    from qward.sdk.core_process import CoreProcess
     from qward.tensors import tensors_from_json
     core = CoreProcess.start(Path(sys.argv[1]))
     try:

@@ -12,9 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from qward.client import Client, verify
-from qward.core_process import CoreProcess
-from qward.core_protocol import ModelInfo, ReplayResult
+from qward.core_api import ModelInfo, ReplayResult
 from qward.errors import (
     FormatError,
     InputError,
@@ -25,6 +23,8 @@ from qward.errors import (
 )
 from qward.receipts.receipt import ReceiptBundle
 from qward.receipts.verify import Verifier
+from qward.sdk.client import Client, verify
+from qward.sdk.core_process import CoreProcess
 from qward.tensors import Tensor, tensors_digest
 
 from conftest import example_bytes, iris_inputs
@@ -85,7 +85,7 @@ def test_replay_with_other_input_is_refused(sdk: Client, iris: ModelInfo) -> Non
 def test_core_refuses_replay_whose_input_differs(
     core: CoreProcess, sdk: Client, iris: ModelInfo
 ) -> None:
-    from qward.client import seal_input
+    from qward.sdk.client import seal_input
 
     inputs, seed = iris_inputs()
     run = sdk.run(iris.model_sha256, inputs, seed=seed)
@@ -159,7 +159,7 @@ def test_receipt_with_wrong_index_fails_the_proof(sdk: Client, receipt: bytes) -
 
 
 def test_sealed_model_tampering_is_refused(sdk: Client) -> None:
-    from qward.client import seal_model
+    from qward.sdk.client import seal_model
 
     sealed = bytearray(seal_model(example_bytes("iris-mlp.onnx"), trust=sdk.trust))
     sealed[-40] ^= 0x04
@@ -296,7 +296,7 @@ def test_a_burst_of_new_core_connections_is_accepted(core: CoreProcess) -> None:
     """Regression: 32 connections opened at once all get through (the listen backlog was 5)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from qward.core_protocol import CoreClient
+    from qward.sdk.core_client import CoreClient
 
     def checkpoint(_: int) -> bytes:
         with CoreClient(core.state_dir / "core.sock") as client:

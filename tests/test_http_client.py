@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from qward.errors import QwardError, VerificationError
-from qward.http_client import AsyncHTTPClient, HTTPClient
 from qward.receipts.trust import TrustBundle
+from qward.sdk.http_client import AsyncHTTPClient, HTTPClient
 
 from conftest import Served, example_bytes, iris_inputs
 

@@ -14,12 +14,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from qward.client import Client
-from qward.core_process import CoreProcess
-from qward.core_protocol import ModelInfo
+from qward.core_api import ModelInfo
 from qward.errors import FormatError, VerificationError
 from qward.receipts.commitment import SALT_BYTES, check_input, input_commitment
 from qward.receipts.receipt import check_body
+from qward.sdk.client import Client
+from qward.sdk.core_process import CoreProcess
 from qward.tensors import Tensor, encode_tensors, tensors_digest
 
 from conftest import iris_inputs

@@ -7,11 +7,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from qward.client import seal_input, seal_model
 from qward.errors import NotFoundError, ProofError, SignatureError
-from qward.log_client import LogClient
 from qward.receipts.receipt import ReceiptBundle
 from qward.receipts.trust import TrustBundle
+from qward.sdk.client import seal_input, seal_model
+from qward.sdk.log_client import LogClient
 from qward.tlog.checkpoint import Checkpoint
 
 from conftest import Served, example_bytes, iris_inputs
@@ -63,7 +63,7 @@ def test_receipt_entry_is_proved_from_tiles(public_url: Served) -> None:
 
 def test_checkpoint_under_other_keys_is_refused(public_url: Served, tmp_path: Path) -> None:
     url = public_url.url
-    from qward.core_process import CoreProcess
+    from qward.sdk.core_process import CoreProcess
 
     other = CoreProcess.start(tmp_path)
     try:

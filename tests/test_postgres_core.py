@@ -10,8 +10,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from qward.client import Client
-from qward.core_process import CoreProcess
+from qward.sdk.client import Client
+from qward.sdk.core_process import CoreProcess
 
 from conftest import example_bytes, iris_inputs
 from postgres_server import PostgresServer

@@ -14,8 +14,8 @@ import pytest
 import tritonclient.http as triton
 import tritonclient.http.aio as triton_aio
 
-from qward.client import seal_model, verify
 from qward.receipts.trust import TrustBundle
+from qward.sdk.client import seal_model, verify
 
 from conftest import Served, example_bytes, iris_inputs, start_serve, stop_serve
 
@@ -144,7 +144,7 @@ def test_bad_requests_are_400_with_a_reason(
 
 def test_model_repository_load_unload(tmp_path: Path) -> None:
     """`qward serve --model-repository` loads sealed models; unload and load work per V2."""
-    from qward.core_process import CoreProcess
+    from qward.sdk.core_process import CoreProcess
 
     state = tmp_path / "state"
     core = CoreProcess.start(state)  # creates the keys so the repository can be sealed to them

@@ -14,9 +14,9 @@ import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from qward.core_process import CoreProcess
 from qward.errors import VerificationError
 from qward.receipts.trust import TrustBundle
+from qward.sdk.core_process import CoreProcess
 from qward.tlog.note import Ed25519NoteSigner, NoteVerifier
 from qward.tlog.store import SQLiteLogStore
 from qward.tlog.witness import add_checkpoint_body

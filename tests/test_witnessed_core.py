@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 from test_witness_service import witnessed_core_state
 
-from qward.client import Client
-from qward.core_process import CoreProcess
 from qward.errors import VerificationError
 from qward.receipts.trust import TrustBundle
+from qward.sdk.client import Client
+from qward.sdk.core_process import CoreProcess
 from qward.tlog.witness_policy import Quorum
 
 from conftest import example_bytes, iris_inputs

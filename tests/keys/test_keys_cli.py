@@ -9,9 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from qward.client import Client
-from qward.core_process import CoreProcess
 from qward.crypto.envelope import parse_sealed
+from qward.sdk.client import Client
+from qward.sdk.core_process import CoreProcess
 
 from conftest import example_bytes, iris_inputs
 

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from qward.client import seal_input, seal_model
 from qward.crypto.envelope import parse_sealed, seal
 from qward.crypto.manifest import KeyState, Purpose, verify_manifest
 from qward.encoding import canonical_json
@@ -18,6 +17,7 @@ from qward.protected.keyring import KeyRing
 from qward.protected.keystore import create_keystore, load_keystore
 from qward.protected.service import MODEL_CONTENT_TYPE, CoreService
 from qward.receipts.verify import Verifier
+from qward.sdk.client import seal_input, seal_model
 from qward.suites import Policy, suite_policy
 
 from .conftest import log_entries, write_v1_keystore

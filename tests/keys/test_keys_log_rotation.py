@@ -6,12 +6,12 @@ import json
 
 import pytest
 
-from qward.client import seal_input, seal_model
 from qward.errors import SignatureError
 from qward.protected.key_admin import op_keys_list, op_keys_retire, op_keys_rotate
 from qward.protected.service import CoreService
 from qward.receipts.trust import TrustBundle
 from qward.receipts.verify import Verifier
+from qward.sdk.client import seal_input, seal_model
 from qward.tlog.audit import verify_log
 from qward.tlog.note import note_signatures
 

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric import x25519
 
-from qward.client import seal_model
 from qward.crypto.envelope import parse_sealed, seal
 from qward.crypto.keys import HPKERecipientKey
 from qward.crypto.rewrap import parse_front, read_front, rewrap_file
@@ -24,6 +23,7 @@ from qward.protected.key_admin import (
 from qward.protected.opening import open_sealed
 from qward.protected.service import CoreService
 from qward.protected.stream_opening import open_stream_to_file
+from qward.sdk.client import seal_model
 
 from .conftest import log_entries
 

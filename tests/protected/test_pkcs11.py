@@ -26,13 +26,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from qward.client import Client
-from qward.core_process import CoreProcess
 from qward.encoding import b64decode, b64encode, canonical_json
 from qward.errors import CoreUnavailableError, KeystoreError
 from qward.protected.handles import KeyHandle
 from qward.protected.keystore import create_keystore, load_keystore
 from qward.protected.pkcs11_kek import TokenConfig, TokenKEK
+from qward.sdk.client import Client
+from qward.sdk.core_process import CoreProcess
 
 from conftest import example_bytes, iris_inputs
 

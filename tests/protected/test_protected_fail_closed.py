@@ -9,13 +9,13 @@ from typing import Any
 
 import pytest
 
-from qward.client import seal_input, seal_model
 from qward.errors import AuditError, InputError
 from qward.protected import service as service_module
 from qward.protected.auditor import Auditor
 from qward.protected.keystore import create_keystore
 from qward.protected.models import ModelRegistry
 from qward.protected.service import CoreService
+from qward.sdk.client import seal_input, seal_model
 from qward.tlog.store import SQLiteLogStore
 
 from conftest import example_bytes, iris_inputs

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from qward.client import Client
-from qward.core_process import CoreProcess
+from qward.sdk.client import Client
+from qward.sdk.core_process import CoreProcess
 
 from conftest import example_bytes, iris_inputs
 

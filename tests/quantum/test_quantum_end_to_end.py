@@ -12,8 +12,7 @@ import pytest
 
 pytest.importorskip("pennylane")
 
-from qward.client import Client, VerifiedRun
-from qward.core_protocol import ModelInfo
+from qward.core_api import ModelInfo
 from qward.encoding import canonical_json
 from qward.errors import SignatureError, VerificationError
 from qward.receipts.receipt import ReceiptBundle
@@ -21,6 +20,7 @@ from qward.receipts.replay_verdict import MISMATCH, judge
 from qward.receipts.verify import Verifier
 from qward.runtime.circuit_spec import parse_circuit_spec
 from qward.runtime.circuits import CircuitModel
+from qward.sdk.client import Client, VerifiedRun
 from qward.tensors import Tensor, tensors_from_json
 
 from conftest import example_bytes

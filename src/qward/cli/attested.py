@@ -22,8 +22,6 @@ from qward.cli._app import (
     example,
     trust_bundle,
 )
-from qward.client import Client, VerifiedRun, seal_model
-from qward.core_process import CoreProcess, core_session
 from qward.encoding import read_limited
 from qward.errors import (
     InputError,
@@ -31,6 +29,8 @@ from qward.errors import (
 from qward.receipts.commitment import SALT_BYTES, check_input
 from qward.receipts.receipt import MAX_RECEIPT_BYTES
 from qward.receipts.verify import Verifier
+from qward.sdk.client import Client, VerifiedRun, seal_model
+from qward.sdk.core_process import CoreProcess, core_session
 from qward.tensors import tensors_from_json, tensors_to_json
 
 __all__: list[str] = []

@@ -16,11 +16,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
 from qward.cli._app import DEFAULT_STATE, StateDir, app, console, err_console
-from qward.core_process import core_session
-from qward.core_protocol import CoreClient
 from qward.crypto.manifest import KeyState, Purpose, verify_manifest
 from qward.crypto.rewrap import read_front, rewrap_file
 from qward.errors import FormatError, InputError
+from qward.sdk.core_client import CoreClient
+from qward.sdk.core_process import core_session
 
 __all__: list[str] = []
 

@@ -8,7 +8,6 @@ from typing import Annotated
 import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
-from qward.auth import TOKEN_FILE, TokenStore
 from qward.cli._app import (
     DEFAULT_STATE,
     MAX_MODEL_FILE,
@@ -19,9 +18,10 @@ from qward.cli._app import (
     token_app,
     trust_bundle,
 )
-from qward.core_process import CoreProcess, core_session
 from qward.encoding import read_limited
-from qward.http_client import HTTPClient
+from qward.public.auth import TOKEN_FILE, TokenStore
+from qward.sdk.core_process import CoreProcess, core_session
+from qward.sdk.http_client import HTTPClient
 
 __all__: list[str] = []
 
@@ -98,7 +98,7 @@ def _serve(
     """Start the protected core and the public HTTP API in front of it."""
     import uvicorn
 
-    from qward.server import create_app
+    from qward.public.app import create_app
 
     core = CoreProcess.start(state_dir)
     try:

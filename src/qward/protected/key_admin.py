@@ -21,7 +21,7 @@ import os
 import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from cryptography.exceptions import InvalidTag
 
@@ -31,16 +31,16 @@ from qward.crypto.rewrap import ArtifactFront, parse_front, read_front, rewrap_f
 from qward.encoding import canonical_json, parse_canonical_json, read_limited
 from qward.errors import DecryptionError, FormatError, InputError
 from qward.protected.keyring import KeyRing
-from qward.receipts.entries import key_use_entry
 from qward.receipts.trust import TrustBundle
 from qward.suites import Policy, suite_policy
 
 if TYPE_CHECKING:
     from qward.protected.keystore import CoreKeys
-    from qward.protected.service import CoreService
+    from qward.protected.models import ModelRegistry
 
 __all__ = [
     "KEY_ADMIN_OPS",
+    "KeyAdminHost",
     "build_trust",
     "check_unwrap",
     "migration_report",
@@ -79,35 +79,37 @@ def check_unwrap(keys: CoreKeys, key_id: str, *, use: str) -> None:
         keys.ring.require_usable(key_id, purpose=Purpose.HPKE_UNWRAP, use=use)
 
 
+class KeyAdminHost(Protocol):
+    """What key administration needs of the core (``CoreService`` provides it)."""
+
+    @property
+    def keys(self) -> CoreKeys: ...
+    @property
+    def models(self) -> ModelRegistry: ...
+    def log_admin(self, action: str, **details: Any) -> None: ...
+    def log_key_use(self, *, key_id: str, purpose: str, data: bytes) -> None: ...
+    def refresh_trust(self) -> TrustBundle: ...
+
+
 # -- helpers ---------------------------------------------------------------------------------
 
 
-def _keys(service: CoreService) -> CoreKeys:
-    return service._keys
+def _keys(service: KeyAdminHost) -> CoreKeys:
+    return service.keys
 
 
-def _state_dir(service: CoreService) -> Path:
+def _state_dir(service: KeyAdminHost) -> Path:
     state = _keys(service).state_dir
     if state is None:
         raise InputError("this core has no state directory to administer")
     return state
 
 
-def _log_key_use(service: CoreService, *, key_id: str, purpose: str, data: bytes) -> None:
-    service._auditor.record(
-        [
-            key_use_entry(
-                key_id=key_id,
-                purpose=purpose,
-                request_id=service._src.token(),
-                at=service._now(),
-                object_sha256=hashlib.sha256(data).hexdigest(),
-            )
-        ]
-    )
+def _log_key_use(service: KeyAdminHost, *, key_id: str, purpose: str, data: bytes) -> None:
+    service.log_key_use(key_id=key_id, purpose=purpose, data=data)
 
 
-def _signed_manifest(service: CoreService) -> bytes:
+def _signed_manifest(service: KeyAdminHost) -> bytes:
     ring = _keys(service).ring
     with ring.lock:
         manifest = ring.manifest()
@@ -123,17 +125,12 @@ def _signed_manifest(service: CoreService) -> bytes:
         return signed
 
 
-def _publish(service: CoreService) -> bytes:
+def _publish(service: KeyAdminHost) -> bytes:
     """After a change: refresh the trust bundle and rewrite trust.json and keys-manifest.json."""
-    keys = _keys(service)
-    # The witness quorum is not a key: it carries over from the bundle in force.
-    witnesses = service.trust.witness_policy
-    service.trust = build_trust(keys)
-    service.pin_witnesses(witnesses)
-    service.use_log_signers()
+    trust = service.refresh_trust()
     signed = _signed_manifest(service)
     state = _state_dir(service)
-    _replace(state / "trust.json", service.trust.to_bytes())
+    _replace(state / "trust.json", trust.to_bytes())
     _replace(state / "keys-manifest.json", signed)
     return signed
 
@@ -145,7 +142,7 @@ def _replace(path: Path, data: bytes) -> None:
 
 
 def _change(
-    service: CoreService, change: Callable[[KeyRing], dict[str, Any]], action: str
+    service: KeyAdminHost, change: Callable[[KeyRing], dict[str, Any]], action: str
 ) -> dict[str, Any]:
     """Apply ``change`` to the ring, save the keystore, log ``action``; roll back on failure."""
     keys = _keys(service)
@@ -185,7 +182,7 @@ def _manifest_summary(manifest: KeyManifest) -> dict[str, Any]:
 # -- rewrap ----------------------------------------------------------------------------------
 
 
-def _rewrap_front(service: CoreService, front: ArtifactFront) -> tuple[bytes, dict[str, Any]]:
+def _rewrap_front(service: KeyAdminHost, front: ArtifactFront) -> tuple[bytes, dict[str, Any]]:
     """Unwrap the data key with its (non-retired) KEK and wrap it to the primary KEK.
 
     1. Refuse a retired or foreign key, or a suite the policy cannot read.
@@ -286,13 +283,13 @@ def migration_report(manifest: KeyManifest, directories: list[Path]) -> list[dic
 # -- operations ------------------------------------------------------------------------------
 
 
-def op_keys_list(service: CoreService, header: dict[str, Any], payload: bytes) -> Reply:
+def op_keys_list(service: KeyAdminHost, header: dict[str, Any], payload: bytes) -> Reply:
     """The key manifest: a summary in the header, the signed manifest as the payload."""
     signed = _signed_manifest(service)
     return {"ok": True, **_manifest_summary(_keys(service).ring.manifest())}, signed
 
 
-def op_keys_rotate(service: CoreService, header: dict[str, Any], payload: bytes) -> Reply:
+def op_keys_rotate(service: KeyAdminHost, header: dict[str, Any], payload: bytes) -> Reply:
     """Make a new version primary (``purpose``), or switch the policy (``policy``)."""
     policy, purpose = header.get("policy"), header.get("purpose")
     if policy is not None:
@@ -330,7 +327,7 @@ def op_keys_rotate(service: CoreService, header: dict[str, Any], payload: bytes)
     return {"ok": True, **details}, b""
 
 
-def op_keys_retire(service: CoreService, header: dict[str, Any], payload: bytes) -> Reply:
+def op_keys_retire(service: KeyAdminHost, header: dict[str, Any], payload: bytes) -> Reply:
     """Retire a non-primary key version."""
     key_id = header.get("key_id")
     if not isinstance(key_id, str):
@@ -343,7 +340,7 @@ def op_keys_retire(service: CoreService, header: dict[str, Any], payload: bytes)
     return {"ok": True, **_change(service, _retire, "key-retired")}, b""
 
 
-def op_keys_rewrap(service: CoreService, header: dict[str, Any], payload: bytes) -> Reply:
+def op_keys_rewrap(service: KeyAdminHost, header: dict[str, Any], payload: bytes) -> Reply:
     """Rewrap one artifact front (payload) to the primary KEK; returns the new front."""
     if len(payload) > _MAX_FRONT:
         raise InputError("rewrap takes only the artifact's front (magic, header, key wrap)")
@@ -351,9 +348,9 @@ def op_keys_rewrap(service: CoreService, header: dict[str, Any], payload: bytes)
     return {"ok": True, **details}, new_front
 
 
-def op_keys_rewrap_model(service: CoreService, header: dict[str, Any], payload: bytes) -> Reply:
+def op_keys_rewrap_model(service: KeyAdminHost, header: dict[str, Any], payload: bytes) -> Reply:
     """Rewrap a model in the core's own model store, and update its record's sealed digest."""
-    entry = service._models.get(str(header.get("model_sha256")))
+    entry = service.models.get(str(header.get("model_sha256")))
     models = _state_dir(service) / "models"
     path = models / f"{entry.model_sha256}.sealed"
     with open(path, "rb") as src:
@@ -374,7 +371,7 @@ def op_keys_rewrap_model(service: CoreService, header: dict[str, Any], payload: 
     return {"ok": True, "model_sha256": entry.model_sha256, **details}, b""
 
 
-def op_keys_report(service: CoreService, header: dict[str, Any], payload: bytes) -> Reply:
+def op_keys_report(service: KeyAdminHost, header: dict[str, Any], payload: bytes) -> Reply:
     """The migration report over the core's model store and the directories named."""
     extra = header.get("directories", [])
     if not isinstance(extra, list) or not all(isinstance(d, str) for d in extra):
@@ -388,7 +385,7 @@ def op_keys_report(service: CoreService, header: dict[str, Any], payload: bytes)
     }, b""
 
 
-KEY_ADMIN_OPS: dict[str, Callable[[CoreService, dict[str, Any], bytes], Reply]] = {
+KEY_ADMIN_OPS: dict[str, Callable[[KeyAdminHost, dict[str, Any], bytes], Reply]] = {
     "keys_list": op_keys_list,
     "keys_rotate": op_keys_rotate,
     "keys_retire": op_keys_retire,

@@ -19,7 +19,7 @@ from types import FrameType
 from typing import Any
 
 from qward import __version__
-from qward.core_protocol import MAX_FRAME_PAYLOAD
+from qward.core_api import MAX_FRAME_PAYLOAD
 from qward.encoding import read_limited
 from qward.errors import FormatError, KeystoreError, QwardError
 from qward.framing import recv_frame, send_frame

@@ -45,6 +45,7 @@ from qward.receipts.entries import (
 )
 from qward.receipts.receipt import RECEIPT_FORMAT, SIGNING_CONTEXT, ReceiptBundle
 from qward.receipts.replay_verdict import judge
+from qward.receipts.trust import TrustBundle
 from qward.receipts.verify import Verifier
 from qward.tensors import Tensor, decode_tensors, encode_tensors, tensors_digest
 from qward.tlog.witness_policy import WitnessPolicy
@@ -95,6 +96,39 @@ class CoreService:
 
     def _now(self) -> str:
         return self._src.clock().strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    @property
+    def keys(self) -> CoreKeys:
+        """The core's keys (for key administration)."""
+        return self._keys
+
+    @property
+    def models(self) -> ModelRegistry:
+        """The registered models (for key administration)."""
+        return self._models
+
+    def log_key_use(self, *, key_id: str, purpose: str, data: bytes) -> None:
+        """Sequence a key-use entry for ``data`` before the key touches it."""
+        self._auditor.record(
+            [
+                key_use_entry(
+                    key_id=key_id,
+                    purpose=purpose,
+                    request_id=self._src.token(),
+                    at=self._now(),
+                    object_sha256=hashlib.sha256(data).hexdigest(),
+                )
+            ]
+        )
+
+    def refresh_trust(self) -> TrustBundle:
+        """After a key change: rebuild the trust bundle and sign checkpoints with the new keys."""
+        # The witness quorum is not a key: it carries over from the bundle in force.
+        witnesses = self.trust.witness_policy
+        self.trust = build_trust(self._keys)
+        self.pin_witnesses(witnesses)
+        self.use_log_signers()
+        return self.trust
 
     def use_log_signers(self) -> None:
         """Sign checkpoints with the keystore's current checkpoint keys, and publish one now."""

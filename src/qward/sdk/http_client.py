@@ -14,7 +14,6 @@ from typing import Any
 
 import httpx
 
-from qward.client import seal_model
 from qward.errors import (
     CoreUnavailableError,
     InputError,
@@ -25,6 +24,7 @@ from qward.errors import (
 from qward.receipts.commitment import check_input
 from qward.receipts.trust import TrustBundle
 from qward.receipts.verify import VerifiedReceipt, Verifier
+from qward.sdk.client import seal_model
 from qward.tensors import Tensor, tensors_digest
 
 __all__ = ["AsyncHTTPClient", "HTTPClient", "VerifiedInference"]

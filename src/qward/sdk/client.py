@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from qward.core_protocol import CoreInterface, ModelInfo, ReplayResult
+from qward.core_api import CoreInterface, ModelInfo, ReplayResult
 from qward.crypto.envelope import seal as _seal
 from qward.errors import ReplayMismatchError, VerificationError
 from qward.receipts.commitment import (

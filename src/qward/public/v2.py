@@ -19,11 +19,12 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from qward import __version__
-from qward.client import seal_input
-from qward.core_protocol import AsyncCoreClient, CoreInterface
+from qward.core_api import CoreInterface
 from qward.encoding import read_limited
 from qward.errors import InputError, NotFoundError
 from qward.receipts.trust import TrustBundle
+from qward.sdk.client import seal_input
+from qward.sdk.core_client import AsyncCoreClient
 from qward.tensors import DATATYPES, Tensor, tensors_from_json
 
 __all__ = [

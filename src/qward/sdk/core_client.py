@@ -1,10 +1,9 @@
-"""The one doorway between the public process and the protected core.
+"""Sync and async clients of the protected core's Unix socket (``CoreInterface``).
 
-``CoreInterface`` is what public code may ask of the core; ``CoreClient`` implements it over the
-core's Unix socket with ``qward.framing`` frames. Requests are ``{"op": ...}`` headers with an
-optional binary payload; replies are ``{"ok": true, ...}`` or ``{"ok": false, "code", "message"}``,
-and an error code maps back to the same ``QwardError`` subclass the core raised. Nothing here ever
-carries a private key, and only sealed models and inputs travel toward the core.
+Requests are ``{"op": ...}`` headers with an optional binary payload; replies are
+``{"ok": true, ...}`` or ``{"ok": false, "code", "message"}``, and an error code maps back to the
+same ``QwardError`` subclass the core raised. Nothing here ever carries a private key, and only
+sealed models and inputs travel toward the core.
 """
 
 from __future__ import annotations
@@ -12,107 +11,23 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-from qward import errors
+from qward.core_api import (
+    MAX_FRAME_PAYLOAD,
+    ModelInfo,
+    ReplayResult,
+    RunResult,
+    error_from_reply,
+)
 from qward.encoding import b64decode, b64encode
-from qward.errors import CoreUnavailableError, QwardError
+from qward.errors import CoreUnavailableError
 from qward.framing import encode_frame, read_frame_async, recv_frame, send_frame
 from qward.receipts.trust import TrustBundle
 from qward.tensors import Tensor, decode_tensors, encode_tensors
 
-__all__ = [
-    "MAX_FRAME_PAYLOAD",
-    "AsyncCoreClient",
-    "CoreClient",
-    "CoreInterface",
-    "ModelInfo",
-    "ReplayResult",
-    "RunResult",
-    "error_from_reply",
-]
-
-MAX_FRAME_PAYLOAD = 1024 * 1024 * 1024
-
-_ERRORS: dict[str, type[QwardError]] = {
-    cls.code: cls
-    for name in errors.__all__
-    if isinstance(cls := getattr(errors, name), type)
-    and issubclass(cls, QwardError)
-    and cls is not errors.LogInconsistencyError
-}
-
-
-def error_from_reply(header: dict[str, Any]) -> QwardError:
-    """Rebuild the error the core reported."""
-    cls = _ERRORS.get(str(header.get("code")), QwardError)
-    return cls(str(header.get("message", "the core reported an error")))
-
-
-@dataclass(frozen=True, kw_only=True)
-class ModelInfo:
-    """A model the core holds: its digest, signature and the isolation its worker achieved."""
-
-    model_sha256: str
-    name: str
-    inputs: list[dict[str, Any]]
-    outputs: list[dict[str, Any]]
-    isolation: dict[str, Any]
-
-
-@dataclass(frozen=True, kw_only=True)
-class RunResult:
-    """Outputs of one attested run and the receipt bundle bytes."""
-
-    outputs: tuple[Tensor, ...]
-    receipt: bytes
-    receipt_id: str
-    log_index: int
-
-
-@dataclass(frozen=True, kw_only=True)
-class ReplayResult:
-    """The verdict of a replay: bitwise-identical, within-tolerance or mismatch."""
-
-    verdict: str
-    output_sha256: str
-    expected_sha256: str
-    outputs: tuple[Tensor, ...]
-    same_environment: bool = True
-    detail: str = ""
-
-
-class CoreInterface(Protocol):
-    """What the public surface may ask of the protected core."""
-
-    def trust(self) -> TrustBundle: ...
-    def register_model(self, sealed_model: bytes, *, name: str) -> ModelInfo: ...
-    def run(
-        self,
-        model_sha256: str,
-        sealed_input: bytes,
-        *,
-        seed: int,
-        parameters: dict[str, Any],
-        by_name: bool = False,
-    ) -> RunResult: ...
-    def replay(
-        self,
-        receipt: bytes,
-        sealed_input: bytes,
-        original_outputs: tuple[Tensor, ...] | None = None,
-    ) -> ReplayResult: ...
-    def checkpoint(self) -> bytes: ...
-    def models(self) -> list[dict[str, Any]]: ...
-    def unload_model(self, model_sha256: str) -> None: ...
-    def record_access(
-        self, *, token_id: str | None, role: str | None, method: str, path: str, decision: str
-    ) -> None: ...
-    def tile(self, path: str) -> bytes: ...
-    def inclusion_proof(self, index: int, size: int) -> tuple[bytes, ...]: ...
-    def consistency_proof(self, old_size: int, new_size: int) -> tuple[bytes, ...]: ...
+__all__ = ["AsyncCoreClient", "CoreClient"]
 
 
 def _model_info(header: dict[str, Any]) -> ModelInfo:

@@ -15,8 +15,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from qward.core_protocol import CoreClient
 from qward.errors import CoreUnavailableError
+from qward.sdk.core_client import CoreClient
 
 __all__ = ["CoreProcess", "core_session", "socket_path"]
 

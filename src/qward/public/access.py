@@ -17,9 +17,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from qward.auth import Principal, TokenStore
-from qward.core_protocol import AsyncCoreClient, CoreInterface
+from qward.core_api import CoreInterface
 from qward.errors import QwardError
+from qward.public.auth import Principal, TokenStore
+from qward.sdk.core_client import AsyncCoreClient
 
 __all__ = ["AccessControl", "Rule", "rule_for"]
 

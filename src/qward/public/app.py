@@ -16,10 +16,6 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from qward import __version__
-from qward.access import AccessControl
-from qward.auth import TOKEN_FILE, TokenStore
-from qward.core_process import socket_path
-from qward.core_protocol import AsyncCoreClient, CoreClient
 from qward.encoding import b64encode, parse_canonical_json
 from qward.errors import (
     AuditError,
@@ -32,9 +28,13 @@ from qward.errors import (
     UnknownKeyError,
     VerificationError,
 )
-from qward.observability import Metrics, MetricsMiddleware, health_router
+from qward.public.access import AccessControl
+from qward.public.auth import TOKEN_FILE, TokenStore
+from qward.public.observability import Metrics, MetricsMiddleware, health_router
+from qward.public.v2 import ModelRepository, v2_router
+from qward.sdk.core_client import AsyncCoreClient, CoreClient
+from qward.sdk.core_process import socket_path
 from qward.tensors import tensors_to_json
-from qward.v2 import ModelRepository, v2_router
 
 __all__ = ["create_app"]
 

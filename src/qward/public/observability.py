@@ -20,7 +20,7 @@ from prometheus_client import (
 )
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from qward.core_protocol import CoreInterface
+from qward.core_api import CoreInterface
 from qward.errors import QwardError
 
 __all__ = ["Metrics", "MetricsMiddleware", "health_router"]
