@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -24,6 +25,10 @@ from qward.tensors import Tensor, tensors_from_json
 from postgres_server import postgres_server
 
 __all__ = ["postgres_server"]  # a session fixture, shared by every test directory
+
+# CI runs the suite as root, where `qward serve` would otherwise split into service users that
+# cannot read this interpreter; tests/privsep covers that mode and clears this variable.
+os.environ.setdefault("QWARD_UNSAFE_SINGLE_USER", "1")
 
 
 def example_bytes(name: str) -> bytes:

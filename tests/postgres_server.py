@@ -96,9 +96,15 @@ def postgres_server() -> Iterator[PostgresServer]:
         try:
             account = pwd.getpwnam(_SERVER_USER)
         except KeyError:
-            _unavailable("PostgreSQL refuses to run as root and there is no 'postgres' user")
+            _unavailable(
+                "PostgreSQL refuses to run as root and there is no 'postgres' user; install the "
+                "server with: apt-get install -y postgresql (it creates that user)"
+            )
         if shutil.which("runuser") is None:
-            _unavailable("running PostgreSQL as the 'postgres' user needs runuser (util-linux)")
+            _unavailable(
+                "running PostgreSQL as the 'postgres' user needs runuser: apt-get install -y "
+                "util-linux"
+            )
         as_user = ("runuser", "-u", _SERVER_USER, "--")
     # Not under pytest's temporary directory: that is private to root, and the server user must
     # reach its data directory and socket.

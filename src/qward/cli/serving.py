@@ -20,7 +20,7 @@ from qward.cli._app import (
 )
 from qward.encoding import read_limited
 from qward.public.auth import TOKEN_FILE, TokenStore
-from qward.sdk.core_process import CoreProcess, core_session
+from qward.sdk.core_process import core_session
 from qward.sdk.http_client import HTTPClient
 
 __all__: list[str] = []
@@ -94,20 +94,59 @@ def _serve(
     unsafe_no_auth: Annotated[
         bool, typer.Option(help="UNSAFE: serve without token authentication.")
     ] = False,
+    core_user: Annotated[str, typer.Option(help="User the core runs as (root only).")] = (
+        "qward-core"
+    ),
+    api_user: Annotated[str, typer.Option(help="User the public server runs as (root only).")] = (
+        "qward-api"
+    ),
+    worker_user: Annotated[str, typer.Option(help="User workers run as (root only).")] = (
+        "qward-worker"
+    ),
+    admin_uid: Annotated[
+        list[int] | None, typer.Option(help="Extra uid allowed the core's admin operations.")
+    ] = None,
+    keystore_passphrase_file: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="QWARD_KEYSTORE_PASSPHRASE_FILE",
+            help="File with the keystore passphrase, readable by the core's user only.",
+        ),
+    ] = None,
+    pkcs11_pin_file: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="QWARD_PKCS11_PIN_FILE",
+            help="File with the PKCS#11 user PIN, readable by the core's user only.",
+        ),
+    ] = None,
+    unsafe_single_user: Annotated[
+        bool,
+        typer.Option(
+            envvar="QWARD_UNSAFE_SINGLE_USER",
+            help="UNSAFE: as root, run every process as root (no privilege separation).",
+        ),
+    ] = False,
 ) -> None:
-    """Start the protected core and the public HTTP API in front of it."""
-    import uvicorn
+    """Start the protected core and the public HTTP API, and supervise both.
 
-    from qward.public.app import create_app
+    As root, the core, the public server and the workers run as three distinct system users.
+    """
+    from qward.cli.launcher import Launcher, ServeOptions
 
-    core = CoreProcess.start(state_dir)
-    try:
-        api = create_app(
-            state_dir,
-            model_repository=model_repository,
-            allow_model_upload=allow_model_upload,
-            unsafe_no_auth=unsafe_no_auth,
-        )
-        uvicorn.run(api, host=host, port=port, log_level="info")
-    finally:
-        core.stop()
+    options = ServeOptions(
+        state_dir=state_dir,
+        host=host,
+        port=port,
+        model_repository=model_repository,
+        allow_model_upload=allow_model_upload,
+        unsafe_no_auth=unsafe_no_auth,
+        core_user=core_user,
+        api_user=api_user,
+        worker_user=worker_user,
+        admin_uids=tuple(admin_uid or ()),
+        passphrase_file=keystore_passphrase_file,
+        pin_file=pkcs11_pin_file,
+        unsafe_single_user=unsafe_single_user,
+    )
+    raise typer.Exit(Launcher(options).run())

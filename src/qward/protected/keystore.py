@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -33,7 +34,7 @@ from qward.encoding import b64decode, b64encode, canonical_json, parse_canonical
 from qward.errors import FormatError, KeystoreError
 from qward.protected.handles import HPKEPrivateKey, KeyHandle
 from qward.protected.keyring import KeyRing
-from qward.protected.pkcs11_kek import TokenConfig, TokenKEK
+from qward.protected.pkcs11_kek import TokenConfig, TokenKEK, read_secret_file
 from qward.protected.signing import ReceiptSigner
 from qward.suites import DEFAULT_POLICY, Policy
 from qward.tlog.note import NoteSigner
@@ -42,13 +43,17 @@ __all__ = [
     "FORMAT_V1",
     "FORMAT_V2",
     "PASSPHRASE_ENV",
+    "PASSPHRASE_FILE_ENV",
     "PROTECTION_ENV",
     "CoreKeys",
     "create_keystore",
     "load_keystore",
+    "passphrase_from_environment",
 ]
 
 PASSPHRASE_ENV = "QWARD_KEYSTORE_PASSPHRASE"  # noqa: S105 - a variable name, not a secret
+#: A file holding the passphrase, readable only by the core's user; used when the variable is unset.
+PASSPHRASE_FILE_ENV = "QWARD_KEYSTORE_PASSPHRASE_FILE"  # noqa: S105 - a variable name
 #: How the core protects a keystore it creates: "file" (passphrase or key file) or "pkcs11".
 PROTECTION_ENV = "QWARD_KEYSTORE_PROTECTION"
 FORMAT_V1 = "qward/keystore/v1"
@@ -250,6 +255,17 @@ def create_keystore(
     keystore = _KeystoreFile(path=path, protection=header, kek=kek)
     keystore.write(ring)
     return CoreKeys(ring=ring, keystore=keystore)
+
+
+def passphrase_from_environment(environ: Mapping[str, str] | None = None) -> str | None:
+    """The keystore passphrase from ``QWARD_KEYSTORE_PASSPHRASE`` or, failing that, the file
+    named by ``QWARD_KEYSTORE_PASSPHRASE_FILE``; ``None`` when neither is set."""
+    env = os.environ if environ is None else environ
+    if env.get(PASSPHRASE_ENV):
+        return env[PASSPHRASE_ENV]
+    if env.get(PASSPHRASE_FILE_ENV):
+        return read_secret_file(env[PASSPHRASE_FILE_ENV], what="keystore passphrase file")
+    return None
 
 
 def load_keystore(

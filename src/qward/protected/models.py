@@ -14,7 +14,7 @@ from pathlib import Path
 from qward.encoding import canonical_json, parse_canonical_json, read_limited
 from qward.errors import InputError, NotFoundError
 from qward.runtime.circuit_spec import CIRCUIT_CONTENT_TYPE
-from qward.runtime.supervisor import WorkerProcess
+from qward.runtime.supervisor import WorkerPolicy, WorkerProcess
 
 __all__ = [
     "DEFAULT_WORKERS",
@@ -65,10 +65,17 @@ class ModelEntry:
 class ModelRegistry:
     """Keeps sealed models in ``directory`` and starts their workers on demand."""
 
-    def __init__(self, directory: Path, *, workers_per_model: int = DEFAULT_WORKERS) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        policy: WorkerPolicy = WorkerPolicy(),  # noqa: B008 - frozen, so one shared default is safe
+        workers_per_model: int = DEFAULT_WORKERS,
+    ) -> None:
         if workers_per_model < 1:
             raise InputError("workers_per_model must be at least 1")
         self._workers_per_model = workers_per_model
+        self._policy = policy
         self._dir = directory
         self._dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._models: dict[str, ModelEntry] = {}
@@ -158,6 +165,7 @@ class ModelRegistry:
                         model=plaintext,
                         model_sha256=entry.model_sha256,
                         content_type=entry.content_type,
+                        run_as=self._policy.run_as,
                     )
                     entry.pool.append(worker)
                     entry.idle.put(worker)

@@ -37,12 +37,24 @@ from qward.protected.handles import KeyHandle
 if TYPE_CHECKING:
     from pkcs11 import Session
 
-__all__ = ["KIND", "MODULE_ENV", "PIN_ENV", "TOKEN_ENV", "TokenConfig", "TokenKEK"]
+__all__ = [
+    "KIND",
+    "MODULE_ENV",
+    "PIN_ENV",
+    "PIN_FILE_ENV",
+    "TOKEN_ENV",
+    "TokenConfig",
+    "TokenKEK",
+    "read_secret_file",
+]
 
 KIND = "pkcs11"
 MODULE_ENV = "QWARD_PKCS11_MODULE"
 TOKEN_ENV = "QWARD_PKCS11_TOKEN"  # noqa: S105 - a variable name, not a secret
 PIN_ENV = "QWARD_PKCS11_PIN"
+#: A file holding the PIN, readable only by the core's user; used when ``PIN_ENV`` is unset.
+PIN_FILE_ENV = "QWARD_PKCS11_PIN_FILE"
+_MAX_SECRET_FILE = 4096
 _LABEL_PREFIX = "qward-keystore-kek-"
 _TAG_BITS = 128
 # A PKCS#11 session handle is not safe to share between threads, and a second C_Login on a token
@@ -67,6 +79,8 @@ class TokenConfig:
         env = os.environ if environ is None else environ
         module = env.get(MODULE_ENV, "")
         pin = env.get(PIN_ENV, "")
+        if not pin and env.get(PIN_FILE_ENV):
+            pin = read_secret_file(env[PIN_FILE_ENV], what="PKCS#11 PIN file")
         if not module:
             raise KeystoreError(
                 f"keystore protection pkcs11 needs {MODULE_ENV}: the PKCS#11 module's path "
@@ -74,13 +88,32 @@ class TokenConfig:
             )
         if not pin:
             raise KeystoreError(
-                f"keystore protection pkcs11 needs the token's user PIN in {PIN_ENV}"
+                f"keystore protection pkcs11 needs the token's user PIN in {PIN_ENV} "
+                f"or {PIN_FILE_ENV}"
             )
         return cls(
             module=module,
             token=env.get(TOKEN_ENV, ""),
             pin=KeyHandle(purpose="pkcs11-user-pin", key_id=env.get(TOKEN_ENV, ""), key=pin),
         )
+
+
+def read_secret_file(path: str, *, what: str) -> str:
+    """A passphrase or PIN kept in a file: its first line, read through a size limit.
+
+    The message on failure names the file, never its contents.
+    """
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(_MAX_SECRET_FILE + 1)
+    except OSError as exc:
+        raise KeystoreError(f"cannot read the {what} {path}: {exc.strerror}") from None
+    if len(data) > _MAX_SECRET_FILE:
+        raise KeystoreError(f"the {what} {path} is over {_MAX_SECRET_FILE} bytes")
+    secret = data.decode("utf-8", "replace").splitlines()[0] if data.strip() else ""
+    if not secret:
+        raise KeystoreError(f"the {what} {path} is empty")
+    return secret
 
 
 def _pkcs11() -> ModuleType:

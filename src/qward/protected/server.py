@@ -1,13 +1,17 @@
 """The protected core process: a Unix-socket server around ``CoreService``.
 
 Run as ``python -m qward.protected --state-dir DIR``. The socket is created inside the state
-directory with mode 0600, so only the operator's account can reach the core.
+directory with mode 0600, so only the operator's account can reach the core. Started by a root
+``qward serve``, the core drops to its own user first thing (``--user``), keeps only the
+capabilities it needs to start workers as ``--worker-user``, listens on ``--socket`` (mode 0660,
+in a directory the public server's group can reach) and checks every connection's peer uid
+against ``PeerPolicy`` (``SO_PEERCRED``).
 """
 
 from __future__ import annotations
 
 import argparse
-import ctypes
+import contextlib
 import os
 import signal
 import socketserver
@@ -23,33 +27,50 @@ from qward.core_api import MAX_FRAME_PAYLOAD
 from qward.encoding import read_limited
 from qward.errors import FormatError, KeystoreError, QwardError
 from qward.framing import recv_frame, send_frame
+from qward.privileges import (
+    CAP_SETGID,
+    CAP_SETUID,
+    ServiceUser,
+    drop_to,
+    exit_with_parent,
+    parse_uid_gid,
+    peer_uid,
+)
 from qward.protected.auditor import Auditor
 from qward.protected.keystore import (
-    PASSPHRASE_ENV,
     PROTECTION_ENV,
     create_keystore,
     load_keystore,
+    passphrase_from_environment,
 )
 from qward.protected.models import ModelRegistry
+from qward.protected.peer_policy import PeerPolicy, PermissionDeniedError
+from qward.protected.pkcs11_kek import PIN_ENV
 from qward.protected.service import CoreService
 from qward.protected.tracing import setup_tracing
+from qward.runtime.supervisor import WorkerPolicy
 from qward.tlog.location import log_location, open_log_store
 from qward.tlog.witness_client import WitnessClient, load_witness_config
 from qward.tlog.witness_policy import WitnessPolicy
 
 __all__ = ["build_service", "main"]
 
-_PR_SET_PDEATHSIG = 1
 
-
-def build_service(state_dir: Path) -> CoreService:
+def build_service(
+    state_dir: Path,
+    *,
+    passphrase: str | None = None,
+    worker_policy: WorkerPolicy | None = None,
+) -> CoreService:
     """Open (or on first start, create) the keystore, log and model registry in ``state_dir``.
 
     The log is ``state_dir/log.sqlite`` unless ``QWARD_LOG_DATABASE`` names a PostgreSQL URL.
     ``QWARD_KEYSTORE_PROTECTION=pkcs11`` creates the keystore under a PKCS#11 token, and then
-    refuses to start on a keystore that is not.
+    refuses to start on a keystore that is not. Without ``passphrase`` it comes from the
+    environment (``QWARD_KEYSTORE_PASSPHRASE`` or ``QWARD_KEYSTORE_PASSPHRASE_FILE``).
     """
-    passphrase = os.environ.get(PASSPHRASE_ENV) or None
+    if passphrase is None:
+        passphrase = passphrase_from_environment()
     protection = os.environ.get(PROTECTION_ENV) or "file"
     if protection not in ("file", "pkcs11"):
         raise KeystoreError(f"{PROTECTION_ENV}={protection!r} is not 'file' or 'pkcs11'")
@@ -75,7 +96,11 @@ def build_service(state_dir: Path) -> CoreService:
     auditor = Auditor(
         store=store, origin=keys.origin, signers=keys.log_signers, witnesses=witnesses
     )
-    service = CoreService(keys=keys, auditor=auditor, registry=ModelRegistry(state_dir / "models"))
+    service = CoreService(
+        keys=keys,
+        auditor=auditor,
+        registry=ModelRegistry(state_dir / "models", policy=worker_policy or WorkerPolicy()),
+    )
     if policy is not None:
         service.pin_witnesses(policy)
     if created:
@@ -110,6 +135,8 @@ class _Handler(socketserver.BaseRequestHandler):
     server: _CoreServer
 
     def handle(self) -> None:
+        # The kernel vouches for the peer's uid at connect time; it cannot be forged by the peer.
+        self.peer_uid = peer_uid(self.request)
         while True:
             try:
                 header, payload = recv_frame(self.request, max_payload=MAX_FRAME_PAYLOAD)
@@ -122,6 +149,7 @@ class _Handler(socketserver.BaseRequestHandler):
 
     def _answer(self, header: dict[str, Any], payload: bytes) -> tuple[dict[str, Any], bytes]:
         try:
+            self._authorize(str(header.get("op")))
             return self.server.service.dispatch(header, payload)
         except QwardError as exc:
             return {"ok": False, "code": exc.code, "message": str(exc)}, b""
@@ -134,6 +162,25 @@ class _Handler(socketserver.BaseRequestHandler):
                 "message": "internal error in the protected core",
             }, b""
 
+    def _authorize(self, op: str) -> None:
+        try:
+            self.server.policy.check(op, self.peer_uid)
+        except PermissionDeniedError:
+            # One access entry per refused request, so an operator sees who knocked.
+            with contextlib.suppress(QwardError):
+                self.server.service.dispatch(
+                    {
+                        "op": "record_access",
+                        "token_id": None,
+                        "role": f"uid:{self.peer_uid}",
+                        "method": "CORE",
+                        "path": op[:64],
+                        "decision": "forbidden",
+                    },
+                    b"",
+                )
+            raise
+
 
 class _CoreServer(socketserver.ThreadingUnixStreamServer):
     daemon_threads = True
@@ -141,22 +188,13 @@ class _CoreServer(socketserver.ThreadingUnixStreamServer):
     # fail with EAGAIN (a Unix socket with a timeout does not wait for room in the backlog).
     request_queue_size = 256
 
-    def __init__(self, path: Path, service: CoreService) -> None:
+    def __init__(self, path: Path, service: CoreService, policy: PeerPolicy) -> None:
         self.service = service
+        self.policy = policy
         super().__init__(str(path), _Handler)
 
 
-def _exit_with_parent() -> None:
-    # A core started for one CLI command or one `qward serve` must not outlive it, even when the
-    # parent is killed before it can stop the core: the kernel sends SIGTERM when the parent dies.
-    parent = os.getppid()
-    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    if os.getppid() != parent:
-        raise SystemExit(0)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the protected core process."""
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m qward.protected")
     parser.add_argument("--state-dir", type=Path, required=True)
     parser.add_argument(
@@ -164,22 +202,82 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="stop when the process that started the core exits",
     )
-    args = parser.parse_args(argv)
+    parser.add_argument("--socket", type=Path, help="socket path (default STATE/core.sock)")
+    parser.add_argument("--user", type=parse_uid_gid, help="UID:GID to drop to (started as root)")
+    parser.add_argument("--worker-user", type=parse_uid_gid, help="UID:GID workers run as")
+    parser.add_argument(
+        "--admin-uid", type=int, action="append", default=[], help="uid allowed admin ops"
+    )
+    parser.add_argument(
+        "--api-uid", type=int, action="append", default=[], help="uid allowed data ops"
+    )
+    parser.add_argument("--keystore-passphrase-fd", type=int, help="read the passphrase here")
+    parser.add_argument("--keystore-passphrase-file", type=Path)
+    parser.add_argument("--pkcs11-pin-fd", type=int, help="read the PKCS#11 PIN here")
+    return parser
+
+
+def _read_fd(fd: int, what: str) -> str:
+    """A secret written by the launcher into a pipe: never in anyone's environment."""
+    with os.fdopen(fd, "rb", closefd=True) as pipe:
+        data = pipe.read(4097)
+    if not data or len(data) > 4096:
+        raise KeystoreError(f"the {what} on fd {fd} is empty or over 4096 bytes")
+    return data.decode("utf-8").rstrip("\n")
+
+
+def _secrets(args: argparse.Namespace) -> str | None:
+    """The keystore passphrase (fd, then file, then environment) and, from its fd, the PIN."""
+    if args.pkcs11_pin_fd is not None:
+        # The PIN stays in this process: workers get an allow-listed environment.
+        os.environ[PIN_ENV] = _read_fd(args.pkcs11_pin_fd, "PKCS#11 PIN")
+    if args.keystore_passphrase_fd is not None:
+        return _read_fd(args.keystore_passphrase_fd, "keystore passphrase")
+    if args.keystore_passphrase_file is not None:
+        return passphrase_from_environment(
+            {"QWARD_KEYSTORE_PASSPHRASE_FILE": str(args.keystore_passphrase_file)}
+        )
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the protected core process."""
+    args = _parser().parse_args(argv)
+    if args.user is not None:
+        # First thing: nothing below (keystore, log, workers) runs as root.
+        uid, gid = args.user
+        keep = (CAP_SETUID, CAP_SETGID) if args.worker_user else ()
+        drop_to(ServiceUser(name="qward-core", uid=uid, gid=gid), keep=keep)
     if args.exit_with_parent:
-        _exit_with_parent()
+        # A core started for one CLI command or one `qward serve` must not outlive it. After the
+        # uid change: the kernel clears the parent-death signal when the uid changes.
+        exit_with_parent()
+    os.umask(0o077)
     state_dir: Path = args.state_dir
     setup_tracing()
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    worker_uid = args.worker_user[0] if args.worker_user else None
+    policy = PeerPolicy.from_uids(
+        admin=args.admin_uid,
+        api=args.api_uid,
+        denied=() if worker_uid is None else (worker_uid,),
+    )
     try:
-        service = build_service(state_dir)
+        service = build_service(
+            state_dir,
+            passphrase=_secrets(args),
+            worker_policy=WorkerPolicy(run_as=args.worker_user),
+        )
     except QwardError as exc:
         print(f"qward core: {exc}", file=sys.stderr)
         return 2
-    sock_path = state_dir / "core.sock"
+    sock_path: Path = args.socket or state_dir / "core.sock"
     sock_path.unlink(missing_ok=True)
-    old_umask = os.umask(0o177)
+    # 0660 when another uid (the public server's group) must connect; the directory and the
+    # peer-uid check decide who gets in. Otherwise 0600: only this account.
+    old_umask = os.umask(0o117 if args.api_uid else 0o177)
     try:
-        server = _CoreServer(sock_path, service)
+        server = _CoreServer(sock_path, service, policy)
     finally:
         os.umask(old_umask)
 

@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 from qward.encoding import parse_canonical_json
@@ -21,11 +22,24 @@ from qward.errors import FormatError, InputError, QwardError, RuntimeFailure
 from qward.framing import write_frame
 from qward.tensors import Tensor, decode_tensors, encode_tensors
 
-__all__ = ["DEFAULT_MEMORY_LIMIT", "WorkerProcess"]
+__all__ = ["DEFAULT_MEMORY_LIMIT", "WorkerPolicy", "WorkerProcess"]
 
 DEFAULT_MEMORY_LIMIT = 4 * 1024 * 1024 * 1024
 _MAX_REPLY = 1024 * 1024 * 1024
 _PREFIX = 12
+
+
+@dataclass(frozen=True)
+class WorkerPolicy:
+    """How workers are started; ``run_as`` is the (uid, gid) they run under, if not the core's.
+
+    Minimal stand-in for the privilege-separation work; the runtime owner's version replaces it.
+    """
+
+    run_as: tuple[int, int] | None = None
+    allow_degraded: bool = False
+    max_output_bytes: int = 64 * 1024 * 1024
+    memory_limit: int = DEFAULT_MEMORY_LIMIT
 
 
 def _worker_env() -> dict[str, str]:
@@ -106,6 +120,7 @@ class WorkerProcess:
         memory_limit: int = DEFAULT_MEMORY_LIMIT,
         timeout: float = 60.0,
         content_type: str = "application/onnx",
+        run_as: tuple[int, int] | None = None,
     ) -> WorkerProcess:
         """Spawn a worker, hand it the model (ONNX, or a ``qward/circuit/v1`` spec when
         ``content_type`` says so) and wait for its sandbox report."""
@@ -118,6 +133,9 @@ class WorkerProcess:
             stderr=subprocess.PIPE,
             env=_worker_env(),
             close_fds=True,
+            user=None if run_as is None else run_as[0],
+            group=None if run_as is None else run_as[1],
+            extra_groups=None if run_as is None else [],
         )
         threading.Thread(target=_relay_stderr, args=(proc,), daemon=True).start()
         worker = cls(proc, {})

@@ -110,6 +110,9 @@ class CoreClient:
             reply, body = recv_frame(sock, max_payload=MAX_FRAME_PAYLOAD)
         except (OSError, EOFError) as exc:
             sock.close()
+            # The pooled connections were to the same core; if it went away they are all dead,
+            # so drop them and let the next call connect afresh (to a restarted core).
+            self.close()
             raise CoreUnavailableError(f"the protected core connection failed: {exc}") from None
         with self._lock:
             self._idle.append(sock)
@@ -259,6 +262,7 @@ class AsyncCoreClient:
             )
         except (OSError, EOFError, asyncio.IncompleteReadError, TimeoutError) as exc:
             writer.close()
+            self.close()  # the other pooled streams went to the same, likely gone, core
             raise CoreUnavailableError(
                 f"the protected core connection failed: {type(exc).__name__}"
             ) from None
