@@ -83,8 +83,13 @@ class Served:
     token: str
 
 
-def start_serve(state: Path, *extra: str, upload: bool = True) -> Served:
-    """Start `qward serve` on a free port with an admin token (and model upload, by default)."""
+def start_serve(
+    state: Path, *extra: str, upload: bool = True, example_model: bool = False
+) -> Served:
+    """Start `qward serve` on a free port with an admin token (and model upload, by default).
+
+    Tests register their own models, so the bundled one is not served unless asked for.
+    """
     state.mkdir(parents=True, exist_ok=True)
     token, _ = TokenStore(state / TOKEN_FILE).create(role="admin", models=())
     port = _free_port()
@@ -99,6 +104,7 @@ def start_serve(state: Path, *extra: str, upload: bool = True) -> Served:
             "--port",
             str(port),
             *(["--allow-model-upload"] if upload else []),
+            *([] if example_model else ["--no-example-model"]),
             *extra,
         ],
         stdout=subprocess.DEVNULL,

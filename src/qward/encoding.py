@@ -25,6 +25,7 @@ __all__ = [
     "domain_hash",
     "parse_canonical_json",
     "read_limited",
+    "recanonicalize_json",
     "sha256_hex",
 ]
 
@@ -107,8 +108,24 @@ def _reject_float(text: str) -> JSONValue:
     raise FormatError(f"floating-point number {text} is not allowed")
 
 
+def recanonicalize_json(data: bytes, *, what: str) -> bytes:
+    """The canonical form of a JSON object that may have been re-indented (by ``jq .``, say).
+
+    Sound for signed documents: duplicate keys and floats are still refused, so the canonical
+    bytes say exactly what the given bytes say, and a signature over them still decides.
+    """
+    return canonical_json(_parse_object(data, what=what))
+
+
 def parse_canonical_json(data: bytes, *, what: str) -> dict[str, JSONValue]:
     """Parse ``data`` as a canonical JSON object, raising ``FormatError`` naming ``what``."""
+    value = _parse_object(data, what=what)
+    if canonical_json(value) != data:
+        raise FormatError(f"{what}: not in canonical form (sorted keys, no whitespace)")
+    return value
+
+
+def _parse_object(data: bytes, *, what: str) -> dict[str, JSONValue]:
     try:
         text = data.decode("utf-8")
         value = json.loads(
@@ -123,8 +140,6 @@ def parse_canonical_json(data: bytes, *, what: str) -> dict[str, JSONValue]:
         raise FormatError(f"{what}: not valid UTF-8 JSON") from None
     if not isinstance(value, dict):
         raise FormatError(f"{what}: expected a JSON object")
-    if canonical_json(value) != data:
-        raise FormatError(f"{what}: not in canonical form (sorted keys, no whitespace)")
     return value
 
 

@@ -20,9 +20,13 @@ from qward.cli._app import (
     app,
     console,
     example,
+    print_table,
     trust_bundle,
+    working,
+    writable_path,
+    write_file,
 )
-from qward.encoding import read_limited
+from qward.encoding import read_limited, recanonicalize_json
 from qward.errors import (
     InputError,
 )
@@ -44,7 +48,7 @@ def _demo(state_dir: StateDir = DEFAULT_STATE) -> None:
         with core.client() as core_client:
             trust = core_client.trust()
             sdk = Client(core_client, trust=trust)
-            with console.status("sealing and registering the example model"):
+            with working("sealing and registering the example model"):
                 info = sdk.register(example("iris-mlp.onnx"), name="iris-mlp")
             inputs, params = tensors_from_json(example("iris-request.json"))
             seed = int(params.get("seed", 0))
@@ -82,9 +86,11 @@ def _print_run(
         f"enforced: {', '.join(layers)}\ndegraded: {', '.join(degraded) if degraded else 'none'}",
     )
     table.add_row("replay", verdict)
-    console.print(table)
+    print_table(table)
+    # One line whatever the terminal: the command must stay copyable.
     console.print(
-        f"verify it yourself: qward verify {receipt_path} --state-dir {receipt_path.parent.parent}"
+        f"verify it yourself: qward verify {receipt_path} --state-dir {receipt_path.parent.parent}",
+        soft_wrap=True,
     )
 
 
@@ -96,15 +102,18 @@ def _seal(
     output: Annotated[
         Path, typer.Option("--output", "-o", help="Where to write the sealed model.")
     ],
-    trust_file: Annotated[Path | None, typer.Option("--trust")] = None,
+    trust_file: Annotated[
+        Path | None, typer.Option("--trust", help="Pinned trust bundle (default: the state dir's).")
+    ] = None,
     state_dir: StateDir = DEFAULT_STATE,
 ) -> None:
     """Seal a model to the core's public key (run by the model owner)."""
+    writable_path(output, what="sealed model")
     sealed = seal_model(
         read_limited(str(model), limit=MAX_MODEL_FILE, what="model"),
         trust=trust_bundle(state_dir, trust_file),
     )
-    output.write_bytes(sealed)
+    write_file(output, sealed, what="sealed model")
     console.print(f"sealed {model} -> {output} ({len(sealed)} bytes)")
 
 
@@ -128,6 +137,10 @@ def _run(
     state_dir: StateDir = DEFAULT_STATE,
 ) -> None:
     """Register a model if needed, run it on a request, and write the verified receipt."""
+    # Checked before anything runs: a run is logged, so its receipt must have somewhere to go.
+    writable_path(receipt_out, what="receipt")
+    if commit_input:
+        writable_path(_salt_path(receipt_out), what="input salt")
     model_bytes = read_limited(str(model), limit=MAX_MODEL_FILE, what="model")
     inputs, params = tensors_from_json(
         read_limited(str(input_file), limit=MAX_REQUEST_FILE, what="input")
@@ -138,10 +151,13 @@ def _run(
     with core_session(state_dir) as core_client:
         sdk = Client(core_client, trust=trust_bundle(state_dir, None))
         digest = hashlib.sha256(model_bytes).hexdigest()
-        if not any(m["model_sha256"] == digest for m in core_client.models()):
-            sdk.register(model_bytes, name=model.stem)
-        result = sdk.run(digest, inputs, seed=seed, parameters=params, commit_input=commit_input)
-    receipt_out.write_bytes(result.receipt)
+        with working(f"running {model.name} attested"):
+            if not any(m["model_sha256"] == digest for m in core_client.models()):
+                sdk.register(model_bytes, name=model.stem)
+            result = sdk.run(
+                digest, inputs, seed=seed, parameters=params, commit_input=commit_input
+            )
+    _keep_receipt(receipt_out, result.receipt, state_dir, result.verified.bundle.receipt_id)
     if result.input_salt is not None:
         _write_salt(_salt_path(receipt_out), result.input_salt)
     console.print_json(
@@ -153,6 +169,18 @@ def _run(
             }
         )
     )
+
+
+def _keep_receipt(path: Path, receipt: bytes, state_dir: Path, receipt_id: str) -> None:
+    """Write a signed, logged receipt; if ``path`` fails, keep it in the state directory and
+    say where, so a receipt is never lost."""
+    try:
+        write_file(path, receipt, what="receipt")
+    except InputError as exc:
+        fallback = state_dir / "receipts" / f"{receipt_id}.json"
+        fallback.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fallback.write_bytes(receipt)
+        raise InputError(f"{exc}; the receipt was kept at {fallback}") from None
 
 
 def _salt_path(receipt: Path) -> Path:
@@ -181,6 +209,13 @@ def _read_salt(receipt: Path, given: Path | None) -> bytes | None:
     return salt
 
 
+def _read_receipt(path: Path) -> bytes:
+    """A receipt file, re-canonicalised: one run through ``jq .`` must not make it unverifiable
+    (the signature is over the canonical body, so this changes nothing it covers)."""
+    raw = read_limited(str(path), limit=MAX_RECEIPT_BYTES * 4, what="receipt")
+    return recanonicalize_json(raw, what="receipt")
+
+
 SaltOption = Annotated[
     Path | None,
     typer.Option("--input-salt", help="The input salt file (default: RECEIPT.salt, if it exists)."),
@@ -199,9 +234,7 @@ def _verify(
     state_dir: StateDir = DEFAULT_STATE,
 ) -> None:
     """Verify a receipt offline: signatures, inclusion proof and signed checkpoint."""
-    verified = Verifier(trust=trust_bundle(state_dir, trust_file)).verify(
-        read_limited(str(receipt), limit=MAX_RECEIPT_BYTES, what="receipt")
-    )
+    verified = Verifier(trust=trust_bundle(state_dir, trust_file)).verify(_read_receipt(receipt))
     if model is not None:
         Verifier.check_model(verified, read_limited(str(model), limit=MAX_MODEL_FILE, what="model"))
     if input_file is not None:
@@ -232,7 +265,7 @@ def _replay(
 ) -> None:
     """Re-run the receipt's model on the same input and seed: bit-identical on the same platform
     and environment, within the declared tolerance elsewhere (given --original-output)."""
-    receipt_bytes = read_limited(str(receipt), limit=MAX_RECEIPT_BYTES, what="receipt")
+    receipt_bytes = _read_receipt(receipt)
     inputs, _ = tensors_from_json(
         read_limited(str(input_file), limit=MAX_REQUEST_FILE, what="input")
     )
@@ -246,7 +279,7 @@ def _replay(
         if not isinstance(doc, dict) or not isinstance(doc.get("outputs"), list):
             raise InputError('original output file needs an "outputs" list')
         original, _ = tensors_from_json(json.dumps({"inputs": doc["outputs"]}).encode())
-    with core_session(state_dir) as core_client:
+    with core_session(state_dir) as core_client, working("replaying"):
         result = Client(core_client, trust=trust_bundle(state_dir, None)).replay(
             receipt_bytes,
             inputs,

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -23,8 +26,13 @@ from qward.cli._app import (
     audit_app,
     console,
     log_app,
+    print_table,
     trust_bundle,
+    working,
+    writable_path,
+    write_file,
 )
+from qward.cli.timespec import parse_since
 from qward.encoding import read_limited
 from qward.errors import InputError, VerificationError
 from qward.receipts.trust import TrustBundle
@@ -80,20 +88,48 @@ def _open_log(state_dir: Path, log_database: str | None = None) -> LogBackend:
 def _audit_query(
     model: Annotated[str | None, typer.Option(help="Model name or sha256.")] = None,
     caller: Annotated[str | None, typer.Option(help="Token id of the caller.")] = None,
-    since: Annotated[str | None, typer.Option(help="ISO time, e.g. 2026-11-24T00:00:00Z.")] = None,
+    since: Annotated[
+        str | None,
+        typer.Option(help="Only runs since: ISO 8601 (2026-11-24T08:00:00Z) or 30m, 24h, 7d."),
+    ] = None,
     show_gaps: Annotated[
         bool, typer.Option("--show-gaps", help="Also list unclean core stops and clock jumps.")
+    ] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print one JSON document (full digests) instead.")
+    ] = False,
+    wide: Annotated[
+        bool, typer.Option("--wide", help="Full digests in the table (no shortening).")
     ] = False,
     state_dir: StateDir = DEFAULT_STATE,
     log_database: LogDatabase = None,
 ) -> None:
     """Who ran which model on which input digest, and when (warning if the log has gaps)."""
+    # Checked before the log is opened: a typo must not look like "0 runs".
+    cutoff = None
+    if since is not None:
+        moment = parse_since(since, now=datetime.now(UTC))
+        cutoff = moment.strftime("%Y-%m-%dT%H:%M:%SZ")
     store = _open_log(state_dir, log_database)
     try:
-        records = query_runs(store, model=model, caller=caller, since=since)
+        records = query_runs(store, model=model, caller=caller, since=cutoff)
         gaps = find_gaps(store)
     finally:
         store.close()
+    if as_json:
+        sys.stdout.write(
+            json.dumps(
+                {
+                    "runs": [dataclasses.asdict(r) for r in records],
+                    "unclean_stops": len(gaps.unclean_stops),
+                    "clock_rollbacks": len(gaps.clock_rollbacks),
+                },
+                indent=2,
+            )
+            + "\n"
+        )
+        return
+    shown = None if wide else 16
     table = Table("log index", "issued at", "caller", "model", "input sha256", "output sha256")
     for r in records:
         table.add_row(
@@ -101,10 +137,11 @@ def _audit_query(
             r.issued_at,
             r.caller or "-",
             r.model_name,
-            r.input_sha256[:16],
-            r.output_sha256[:16],
+            r.input_sha256[:shown],
+            r.output_sha256[:shown],
         )
-    console.print(table)
+    # A table never folds to the width rich guesses for a pipe: each row stays on one line.
+    print_table(table)
     console.print(f"{len(records)} runs")
     if show_gaps:
         _print_gaps(gaps)
@@ -154,7 +191,7 @@ def _print_gaps(gaps: GapReport) -> None:
                 f"#{run.last_index} {run.last_at}",
                 f"#{gap.restart_index} {gap.restarted_at}",
             )
-        console.print(table)
+        print_table(table)
     if gaps.clock_rollbacks:
         table = Table("entry", "stamped", "previous entry", "back by", title="Clock rollbacks")
         for back in gaps.clock_rollbacks:
@@ -164,7 +201,7 @@ def _print_gaps(gaps: GapReport) -> None:
                 f"#{back.previous_index} {back.previous_at}",
                 f"{back.seconds:.0f} s",
             )
-        console.print(table)
+        print_table(table)
     if gaps.open_run is not None:
         run = gaps.open_run
         console.print(
@@ -187,13 +224,16 @@ def _audit_export(
     log_database: LogDatabase = None,
 ) -> None:
     """Write an evidence bundle (receipts, proofs, checkpoint, public keys) for offline checks."""
+    writable_path(output, what="evidence bundle")
     store = _open_log(state_dir, log_database)
     try:
-        runs = query_runs(store, model=model, caller=caller)
-        bundle = export_evidence(store, trust_bundle(state_dir, None), [r.index for r in runs])
+        with working("collecting receipts and proofs"):
+            runs = query_runs(store, model=model, caller=caller)
+            trust = trust_bundle(state_dir, None)
+            bundle = export_evidence(store, trust, [r.index for r in runs])
     finally:
         store.close()
-    output.write_bytes(bundle)
+    write_file(output, bundle, what="evidence bundle")
     included = len(json.loads(bundle)["items"])
     console.print(f"wrote {output}: {included} receipts with inclusion proofs")
     if included < len(runs):

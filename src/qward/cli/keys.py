@@ -15,12 +15,13 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
-from qward.cli._app import DEFAULT_STATE, StateDir, app, console, err_console
+from qward.cli._app import DEFAULT_STATE, StateDir, app, console, print_table, progress_bar, working
 from qward.crypto.manifest import KeyState, Purpose, verify_manifest
 from qward.crypto.rewrap import read_front, rewrap_file
 from qward.errors import FormatError, InputError
 from qward.sdk.core_client import CoreClient
 from qward.sdk.core_process import core_session
+from qward.suites import Policy
 
 __all__: list[str] = []
 
@@ -49,7 +50,7 @@ def _list(
             key.suite,
             key.key_id,
         )
-    console.print(table)
+    print_table(table)
     console.print(
         f"policy {manifest.policy.value}, manifest serial {manifest.serial}, "
         f"signed by root {manifest.root_key_id} (ML-DSA-87, verified)"
@@ -58,9 +59,9 @@ def _list(
 
 @keys_app.command("rotate")
 def _rotate(
-    purpose: Annotated[str | None, typer.Argument(help=", ".join(p.value for p in Purpose))] = None,
+    purpose: Annotated[Purpose | None, typer.Argument(help="Which key to rotate.")] = None,
     policy: Annotated[
-        str | None, typer.Option(help="Switch the suite policy (rotates what it needs).")
+        Policy | None, typer.Option(help="Switch the suite policy (rotates what it needs).")
     ] = None,
     state_dir: StateDir = DEFAULT_STATE,
 ) -> None:
@@ -68,7 +69,7 @@ def _rotate(
     if (purpose is None) == (policy is None):
         raise InputError("give either a purpose to rotate or --policy")
     header: dict[str, Any] = {"op": "keys_rotate"}
-    header.update({"policy": policy} if policy else {"purpose": purpose})
+    header.update({"policy": policy.value} if policy else {"purpose": str(purpose)})
     with core_session(state_dir) as core:
         reply, _ = core.call(header)
     if policy:
@@ -132,7 +133,7 @@ def _rewrap(
     """Re-wrap data keys to the primary KEK; payload bytes are left exactly as they are."""
     files = [f for d in directories or [] for f in _sealed_files(d)]
     columns = (TextColumn("rewrap {task.description}"), BarColumn(), MofNCompleteColumn())
-    with core_session(state_dir) as core, Progress(*columns, console=err_console) as progress:
+    with core_session(state_dir) as core, progress_bar(*columns) as progress:
         if directories:
             task = progress.add_task("", total=len(files))
             changed, total = _rewrap_dir(core, files, progress, task), len(files)
@@ -160,12 +161,12 @@ def _report(
 ) -> None:
     """List artifacts still under a suite the policy does not accept, or a non-primary key."""
     paths = [str(d.resolve()) for d in directories or []]
-    with core_session(state_dir) as core:
+    with core_session(state_dir) as core, working("scanning for artifacts to migrate"):
         reply, _ = core.call({"op": "keys_report", "directories": paths})
     table = Table("artifact", "kind", "suite", "key id", "why")
     for item in reply["artifacts"]:
         table.add_row(
             item["path"], item["kind"], item["suite"], item["key_id"], "; ".join(item["reasons"])
         )
-    console.print(table)
+    print_table(table)
     console.print(f"{len(reply['artifacts'])} artifacts need migration (policy {reply['policy']})")

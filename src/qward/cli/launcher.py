@@ -10,6 +10,7 @@ passphrase and PKCS#11 PIN reach the core through a pipe and nobody's environmen
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import socket
@@ -21,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
+from qward.cli._app import example
 from qward.errors import CoreUnavailableError
 from qward.privileges import (
     PrivilegeError,
@@ -29,8 +31,10 @@ from qward.privileges import (
     first_unreadable,
     runtime_paths,
 )
+from qward.sdk.client import Client
+from qward.sdk.core_client import CoreClient
 
-__all__ = ["Launcher", "ServeOptions", "public_environment"]
+__all__ = ["EXAMPLE_MODEL", "Launcher", "ServeOptions", "public_environment"]
 
 _SECRET_ENV = ("QWARD_KEYSTORE_PASSPHRASE", "QWARD_PKCS11_PIN")
 _PLAIN_ENV = ("PATH", "LANG", "LC_ALL", "TZ", "PYTHONPATH", "VIRTUAL_ENV", "PYTHONHASHSEED")
@@ -38,6 +42,9 @@ _PLAIN_ENV = ("PATH", "LANG", "LC_ALL", "TZ", "PYTHONPATH", "VIRTUAL_ENV", "PYTH
 # are excluded by name below.
 _PUBLIC_PREFIXES = ("OTEL_", "QWARD_")
 _PUBLIC_DENY = ("QWARD_KEYSTORE_", "QWARD_PKCS11_", "QWARD_LOG_DATABASE", "QWARD_TOKEN")
+#: The model ``qward serve`` serves when given no model repository.
+EXAMPLE_MODEL = "iris-mlp"
+EXAMPLE_MODEL_FILE = "iris-mlp.onnx"
 _MIN_BACKOFF = 0.5
 _MAX_BACKOFF = 30.0
 _STABLE_AFTER = 30.0
@@ -60,6 +67,7 @@ class ServeOptions:
     passphrase_file: Path | None = None
     pin_file: Path | None = None
     unsafe_single_user: bool = False
+    example_model: bool = True
 
 
 def public_environment(environ: dict[str, str] | os._Environ[str]) -> dict[str, str]:
@@ -269,6 +277,8 @@ class Launcher:
         try:
             self.core.start()
             self.wait_core()
+            if self.options.example_model and self.options.model_repository is None:
+                _register_example(self.socket)
             self.public.start()
             while not self._stopping:
                 now = time.monotonic()
@@ -279,6 +289,19 @@ class Launcher:
             self.public.stop()
             self.core.stop()
         return 0
+
+
+def _register_example(socket_path: Path) -> None:
+    """With no model repository, serve the bundled iris model: the main job's embedded default,
+    so the README's curl and tritonclient calls work right after ``qward serve``."""
+    model = example(EXAMPLE_MODEL_FILE)
+    digest = hashlib.sha256(model).hexdigest()
+    with CoreClient(socket_path) as core:
+        known = core.models()
+        if any(m["name"] == EXAMPLE_MODEL or m["model_sha256"] == digest for m in known):
+            return
+        Client(core, trust=core.trust()).register(model, name=EXAMPLE_MODEL)
+    print(f"qward serve: serving the bundled example model as {EXAMPLE_MODEL!r}", file=sys.stderr)
 
 
 def _secret_pipe(secret: str) -> int:

@@ -1,12 +1,15 @@
-"""Serving commands: token create, upload, serve."""
+"""Serving commands: token create|list|revoke, upload, serve."""
 
 from __future__ import annotations
 
+import enum
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+from rich.progress import BarColumn, DownloadColumn, TextColumn, TransferSpeedColumn
+from rich.table import Table
 
 from qward.cli._app import (
     DEFAULT_STATE,
@@ -15,39 +18,111 @@ from qward.cli._app import (
     app,
     console,
     err_console,
+    print_table,
+    progress_bar,
     token_app,
     trust_bundle,
 )
+from qward.cli.timespec import parse_span
 from qward.encoding import read_limited
-from qward.public.auth import TOKEN_FILE, TokenStore
+from qward.errors import InputError
+from qward.public.auth import DEFAULT_LIFETIME, TOKEN_FILE, TokenStore
+from qward.sdk.client import seal_model
 from qward.sdk.core_process import core_session
 from qward.sdk.http_client import HTTPClient
 
 __all__: list[str] = []
 
 
+class Role(enum.StrEnum):
+    """The roles a token can have (``qward.public.auth.ROLES``)."""
+
+    CLIENT = "client"
+    AUDITOR = "auditor"
+    ADMIN = "admin"
+
+
 @token_app.command("create")
 def _token_create(
-    role: Annotated[str, typer.Option(help="client, auditor or admin.")],
+    role: Annotated[Role, typer.Option(help="What the token may do.")],
     model: Annotated[
-        list[str] | None, typer.Option(help="Model a client may use (repeat).")
+        list[str] | None, typer.Option(help="Model a client may use (repeat for more).")
     ] = None,
+    all_models: Annotated[
+        bool, typer.Option("--all-models", help="Let a client token use every model.")
+    ] = False,
+    expires_in: Annotated[
+        str, typer.Option(help="Lifetime: 30m, 12h, 90d, 8w.")
+    ] = f"{DEFAULT_LIFETIME // 86400}d",
+    no_expiry: Annotated[
+        bool, typer.Option("--no-expiry", help="The token never expires (listed as such).")
+    ] = False,
     state_dir: StateDir = DEFAULT_STATE,
 ) -> None:
     """Create an API token; it is printed once and only its SHA-256 is stored."""
+    if role is Role.CLIENT and not model and not all_models:
+        # Granting every model must be a decision, never the default of a forgotten option.
+        raise InputError("a client token needs --model NAME (repeatable) or --all-models")
+    if model and all_models:
+        raise InputError("give either --model or --all-models, not both")
+    lifetime = None if no_expiry else int(parse_span(expires_in, what="--expires-in"))
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     token, principal = TokenStore(state_dir / TOKEN_FILE).create(
-        role=role, models=tuple(model or ())
+        role=role.value, models=tuple(model or ()), lifetime=lifetime
     )
     with core_session(state_dir) as core_client:
         core_client.record_admin(
-            "token-created", token_id=principal.token_id, role=role, models=list(principal.models)
+            "token-created",
+            token_id=principal.token_id,
+            role=role.value,
+            models=list(principal.models),
+            expires_at=principal.expires_at,
         )
     err_console.print(
-        f"token {principal.token_id} ({role}, models: {', '.join(principal.models)})"
-        " — shown once, store it now:"
+        f"token {principal.token_id} ({role.value}, models: {', '.join(principal.models)}, "
+        f"expires: {_when(principal.expires_at)}) — shown once, store it now:"
     )
     print(token)
+
+
+def _when(epoch: int | None) -> str:
+    if epoch is None:
+        return "never"
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@token_app.command("list")
+def _token_list(state_dir: StateDir = DEFAULT_STATE) -> None:
+    """List tokens: id, role, models, created, expires, revoked (never a token or its hash)."""
+    table = Table("token id", "role", "models", "created", "expires", "state")
+    now = datetime.now(UTC).timestamp()
+    for p in TokenStore(state_dir / TOKEN_FILE).principals():
+        state = (
+            f"revoked {_when(p.revoked_at)}"
+            if p.revoked_at is not None
+            else ("valid" if p.valid_at(now) else "expired")
+        )
+        table.add_row(
+            p.token_id,
+            p.role,
+            ", ".join(p.models),
+            _when(p.created_at),
+            _when(p.expires_at),
+            state,
+        )
+    print_table(table)
+
+
+@token_app.command("revoke")
+def _token_revoke(
+    token_id: Annotated[str, typer.Argument(help="The token's id, as `token list` shows it.")],
+    state_dir: StateDir = DEFAULT_STATE,
+) -> None:
+    """Revoke a token: a running qward serve refuses it within a second."""
+    principal = TokenStore(state_dir / TOKEN_FILE).revoke(token_id)
+    with core_session(state_dir) as core_client:
+        core_client.record_admin("token-revoked", token_id=principal.token_id, role=principal.role)
+    console.print(f"revoked token {principal.token_id} ({principal.role})")
 
 
 @app.command("upload")
@@ -64,19 +139,20 @@ def _upload(
     """Seal a model locally and upload it to a remote qward serve, with a progress bar."""
     data = read_limited(str(model), limit=MAX_MODEL_FILE, what="model")
     trust = trust_bundle(state_dir, trust_file)
+    sealed = seal_model(data, trust=trust)
     with (
         HTTPClient(url, token=token, trust=trust) as client,
-        Progress(
+        progress_bar(
             TextColumn("uploading {task.description}"),
             BarColumn(),
             DownloadColumn(),
             TransferSpeedColumn(),
-            console=err_console,
         ) as progress,
     ):
-        task = progress.add_task(model.name, total=len(data) + 65536)
-        digest = client.upload_model(data, name=name, progress=lambda n: progress.advance(task, n))
-        progress.update(task, completed=progress.tasks[task].total)
+        task = progress.add_task(model.name, total=len(sealed))
+        digest = client.upload_sealed(
+            sealed, name=name, progress=lambda n: progress.advance(task, n)
+        )
     console.print(f"registered {name}: model sha256 {digest}")
 
 
@@ -120,6 +196,13 @@ def _serve(
             help="File with the PKCS#11 user PIN, readable by the core's user only.",
         ),
     ] = None,
+    example_model: Annotated[
+        bool,
+        typer.Option(
+            "--example-model/--no-example-model",
+            help="Without --model-repository, serve the bundled iris model as 'iris-mlp'.",
+        ),
+    ] = True,
     unsafe_single_user: Annotated[
         bool,
         typer.Option(
@@ -148,5 +231,6 @@ def _serve(
         passphrase_file=keystore_passphrase_file,
         pin_file=pkcs11_pin_file,
         unsafe_single_user=unsafe_single_user,
+        example_model=example_model,
     )
     raise typer.Exit(Launcher(options).run())

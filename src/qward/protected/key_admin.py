@@ -29,7 +29,7 @@ from qward.crypto.envelope import derive_payload_keys, hpke_info, hpke_suite, wr
 from qward.crypto.manifest import KeyManifest, KeyState, Purpose, signed_manifest_bytes
 from qward.crypto.rewrap import ArtifactFront, parse_front, read_front, rewrap_file
 from qward.encoding import canonical_json, parse_canonical_json, read_limited
-from qward.errors import DecryptionError, FormatError, InputError
+from qward.errors import DecryptionError, FormatError, InputError, NotFoundError, UnknownKeyError
 from qward.protected.keyring import KeyRing
 from qward.receipts.trust import TrustBundle
 from qward.suites import Policy, suite_policy
@@ -334,7 +334,11 @@ def op_keys_retire(service: KeyAdminHost, header: dict[str, Any], payload: bytes
         raise InputError("key_id must be a string")
 
     def _retire(ring: KeyRing) -> dict[str, Any]:
-        version = ring.retire(key_id)
+        try:
+            version = ring.retire(key_id)
+        except UnknownKeyError as exc:
+            # Naming a key the core does not hold is a mistake in the request, not bad evidence.
+            raise NotFoundError(str(exc)) from None
         return {"key_id": key_id, "purpose": version.purpose.value, "version": version.version}
 
     return {"ok": True, **_change(service, _retire, "key-retired")}, b""

@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from qward.errors import CoreUnavailableError
+from qward.errors import CoreUnavailableError, InputError
 from qward.sdk.core_client import CoreClient
 
 __all__ = ["CoreProcess", "core_session", "socket_path"]
@@ -37,6 +37,16 @@ def _reachable(path: Path) -> bool:
         sock.close()
 
 
+def _usable_state_dir(state_dir: Path) -> None:
+    """Create ``state_dir`` if needed; refuse, naming it, one that cannot be created or written."""
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as exc:
+        raise InputError(f"state directory {state_dir}: {exc.strerror}") from None
+    if not os.access(state_dir, os.W_OK | os.X_OK):
+        raise InputError(f"state directory {state_dir} is not writable")
+
+
 class CoreProcess:
     """A core process started by this process, stopped with ``stop()``."""
 
@@ -52,7 +62,7 @@ class CoreProcess:
     @classmethod
     def start(cls, state_dir: Path, *, timeout: float = 60.0) -> CoreProcess:
         """Start a core on ``state_dir`` and wait until its socket answers."""
-        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        _usable_state_dir(state_dir)
         log = open(state_dir / "core.log", "ab")  # noqa: SIM115 - handed to the child
         with log:
             proc = subprocess.Popen(

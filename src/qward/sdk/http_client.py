@@ -18,7 +18,6 @@ from qward.errors import (
     CoreUnavailableError,
     InputError,
     NotFoundError,
-    QwardError,
     VerificationError,
 )
 from qward.receipts.commitment import check_input
@@ -63,6 +62,41 @@ def _infer_request(
     }
 
 
+def _auth_headers(token: str) -> dict[str, str]:
+    if not token or token != token.strip() or any(c.isspace() for c in token):
+        raise InputError(
+            "a bearer token is needed (QWARD_TOKEN, from `qward token create` on the server)"
+        )
+    return {"Authorization": f"Bearer {token}"}
+
+
+def _unreachable(request: httpx.Request, exc: httpx.TransportError) -> CoreUnavailableError:
+    return CoreUnavailableError(
+        f"cannot reach qward serve at {request.url.scheme}://{request.url.netloc.decode()} "
+        f"({type(exc).__name__})"
+    )
+
+
+class _Transport(httpx.HTTPTransport):
+    """Connection failures become one ``CoreUnavailableError`` naming the server."""
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        try:
+            return super().handle_request(request)
+        except httpx.TransportError as exc:
+            raise _unreachable(request, exc) from None
+
+
+class _AsyncTransport(httpx.AsyncHTTPTransport):
+    """Connection failures become one ``CoreUnavailableError`` naming the server."""
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        try:
+            return await super().handle_async_request(request)
+        except httpx.TransportError as exc:
+            raise _unreachable(request, exc) from None
+
+
 def _raise_for(response: httpx.Response) -> None:
     if response.status_code == 200:
         return
@@ -76,7 +110,8 @@ def _raise_for(response: httpx.Response) -> None:
     if response.status_code in (400, 413, 422):
         raise InputError(text)
     if response.status_code in (401, 403):
-        raise QwardError(f"not authorised: {text}")
+        # A missing, wrong or under-privileged token is the caller's input to fix.
+        raise InputError(f"not authorised ({response.status_code}): {text}")
     raise CoreUnavailableError(f"server answered {response.status_code}: {text}")
 
 
@@ -138,7 +173,7 @@ class HTTPClient:
 
     def __init__(self, url: str, *, token: str, trust: TrustBundle, timeout: float = 60.0) -> None:
         self._http = httpx.Client(
-            base_url=url, timeout=timeout, headers={"Authorization": f"Bearer {token}"}
+            base_url=url, timeout=timeout, headers=_auth_headers(token), transport=_Transport()
         )
         self.trust = trust
         self._verifier = Verifier(trust=trust)
@@ -180,7 +215,12 @@ class HTTPClient:
     ) -> str:
         """Seal ``model`` locally and upload it (needs an admin token and an upload-enabled
         server); returns its digest. ``progress`` is called with each uploaded byte count."""
-        sealed = seal_model(model, trust=self.trust)
+        return self.upload_sealed(seal_model(model, trust=self.trust), name=name, progress=progress)
+
+    def upload_sealed(
+        self, sealed: bytes, *, name: str, progress: Callable[[int], None] | None = None
+    ) -> str:
+        """Upload a model already sealed to this server's trust bundle; returns its digest."""
         response = self._http.post(
             "/v1/models", params={"name": name}, content=_chunks(sealed, progress)
         )
@@ -193,7 +233,10 @@ class AsyncHTTPClient:
 
     def __init__(self, url: str, *, token: str, trust: TrustBundle, timeout: float = 60.0) -> None:
         self._http = httpx.AsyncClient(
-            base_url=url, timeout=timeout, headers={"Authorization": f"Bearer {token}"}
+            base_url=url,
+            timeout=timeout,
+            headers=_auth_headers(token),
+            transport=_AsyncTransport(),
         )
         self.trust = trust
         self._verifier = Verifier(trust=trust)
