@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -26,6 +27,11 @@ from conftest import example_bytes, iris_inputs
 MODEL = b"not really onnx, but sealed all the same " * 20
 
 
+def _seal_opaque(data: bytes, *, trust: Any) -> bytes:
+    # Sealed as a model without the SDK's model check: these tests are about keys, not models.
+    return seal(data, recipient=trust.hpke_recipient, content_type="application/onnx")
+
+
 def _open(service: CoreService, blob: bytes) -> bytes:
     return service._open(
         blob,
@@ -43,11 +49,11 @@ def _rotate_kek(service: CoreService) -> dict[str, object]:
 
 def test_rotation_keeps_old_artifacts_openable(service: CoreService) -> None:
     old_trust = service.trust
-    old_blob = seal_model(MODEL, trust=old_trust)
+    old_blob = _seal_opaque(MODEL, trust=old_trust)
     reply = _rotate_kek(service)
     assert reply["previous_key_id"] == old_trust.hpke_recipient.key_id
     assert service.trust.hpke_recipient.key_id == reply["key_id"] != reply["previous_key_id"]
-    new_blob = seal_model(MODEL, trust=service.trust)
+    new_blob = _seal_opaque(MODEL, trust=service.trust)
     assert _open(service, old_blob) == MODEL
     assert _open(service, new_blob) == MODEL
     ring = service._keys.ring
@@ -75,7 +81,7 @@ def test_rotation_survives_a_reload_and_is_logged(service: CoreService) -> None:
 
 
 def test_retired_key_refuses_with_its_id_and_state(service: CoreService) -> None:
-    old_blob = seal_model(MODEL, trust=service.trust)
+    old_blob = _seal_opaque(MODEL, trust=service.trust)
     old_id = parse_sealed(old_blob).key_id
     with pytest.raises(InputError, match="primary"):
         op_keys_retire(service, {"key_id": old_id}, b"")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import x25519
@@ -23,12 +24,16 @@ from qward.protected.key_admin import (
 from qward.protected.opening import open_sealed
 from qward.protected.service import CoreService
 from qward.protected.stream_opening import open_stream_to_file
-from qward.sdk.client import seal_model
 
 from .conftest import log_entries
 
 CT = "application/onnx"
 DATA = bytes(i % 251 for i in range(40_000))
+
+
+def _seal_opaque(data: bytes, *, trust: Any) -> bytes:
+    # Sealed as a model without the SDK's model check: these tests are about keys, not models.
+    return seal(data, recipient=trust.hpke_recipient, content_type="application/onnx")
 
 
 def _rewrap(service: CoreService, path: Path) -> dict[str, object]:
@@ -140,7 +145,7 @@ def test_migration_report_lists_weak_suites_and_non_primary_keys(
     (repo / "old").mkdir(parents=True)
     (repo / "classical").mkdir()
     (repo / "current").mkdir()
-    (repo / "old" / "model.sealed").write_bytes(seal_model(DATA, trust=service.trust))
+    (repo / "old" / "model.sealed").write_bytes(_seal_opaque(DATA, trust=service.trust))
     classical = HPKERecipientKey(
         x25519=x25519.X25519PrivateKey.generate().public_key().public_bytes_raw(),
         suite="X25519_HKDF_SHA256_AES_256_GCM",
@@ -150,7 +155,7 @@ def test_migration_report_lists_weak_suites_and_non_primary_keys(
     )
     (repo / "README.txt").write_text("not an artifact")
     op_keys_rotate(service, {"purpose": "hpke-unwrap"}, b"")
-    (repo / "current" / "model.sealed").write_bytes(seal_model(DATA, trust=service.trust))
+    (repo / "current" / "model.sealed").write_bytes(_seal_opaque(DATA, trust=service.trust))
     reply, _ = op_keys_report(service, {"directories": [str(repo)]}, b"")
     listed = {Path(a["path"]).parent.name: a for a in reply["artifacts"]}
     assert set(listed) == {"old", "classical"}

@@ -83,7 +83,15 @@ def root_serve(traversable: None) -> Iterator[tuple[subprocess.Popen[bytes], str
     log = state.with_suffix(".log")
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [*_SERVE, "--state-dir", str(state), "--port", str(port), "--allow-model-upload"],
+            [
+                *_SERVE,
+                "--state-dir",
+                str(state),
+                "--port",
+                str(port),
+                "--allow-model-upload",
+                "--no-example-model",
+            ],
             env=env,
             stdout=out,
             stderr=out,

@@ -11,7 +11,7 @@ def test_probe_demotes_a_layer_that_does_not_hold() -> None:
     report = sandbox.IsolationReport()
     for layer in ("network_namespace", "landlock", "seccomp"):
         report.record(layer, True, "claimed")
-    sandbox.probe(report, stage="pre-seccomp")
+    sandbox.probe(report, stage="namespaces")
     assert report.probes["write_new_file_in_tmp"] == "ALLOWED"
     assert "landlock" in report.degraded
     sandbox.probe(report, stage="final")

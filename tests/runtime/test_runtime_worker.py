@@ -14,7 +14,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from qward.errors import InputError, RuntimeFailure
-from qward.runtime.supervisor import WorkerProcess
+from qward.runtime.supervisor import WorkerPolicy, WorkerProcess
 from qward.tensors import Tensor
 
 from conftest import example_bytes, iris_inputs
@@ -87,11 +87,16 @@ def test_every_layer_enforced_and_every_probe_refused(worker: WorkerProcess) -> 
     isolation = worker.info["isolation"]
     assert isolation["degraded"] == []
     assert set(isolation["layers"]) == {
+        "capabilities",
         "landlock",
+        "mount_namespace",
         "network_namespace",
         "no_new_privs",
         "rlimits",
         "seccomp",
+        "seccomp_denylist",
+        "user_namespace",
+        "uts_ipc_namespaces",
     }
     assert isolation["probes"], "the self-check ran no probe"
     assert all(v.startswith("refused") for v in isolation["probes"].values()), isolation["probes"]
@@ -132,7 +137,7 @@ def test_digest_mismatch_is_refused() -> None:
 
 
 def test_garbage_model_is_refused() -> None:
-    with pytest.raises(InputError, match="does not load"):
+    with pytest.raises(InputError, match="not an ONNX model"):
         _start(b"\x08\x07 definitely not an onnx model")
 
 
@@ -161,7 +166,7 @@ def test_memory_cap_stops_a_huge_allocation() -> None:
         [helper.make_tensor_value_info("shape", TensorProto.INT64, [1])],
         [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [None])],
     )
-    with _start(model, memory_limit=1024 * 1024 * 1024) as process:
+    with _start(model, policy=WorkerPolicy(memory_limit=1024 * 1024 * 1024)) as process:
         huge = (Tensor.from_numpy("shape", np.array([2 * 1024**3], dtype=np.int64)),)
         with pytest.raises(RuntimeFailure):
             process.run(huge, seed=1)

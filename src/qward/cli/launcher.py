@@ -68,6 +68,8 @@ class ServeOptions:
     pin_file: Path | None = None
     unsafe_single_user: bool = False
     example_model: bool = True
+    allow_degraded_isolation: bool = False
+    max_output_bytes: int | None = None
 
 
 def public_environment(environ: dict[str, str] | os._Environ[str]) -> dict[str, str]:
@@ -177,6 +179,10 @@ class Launcher:
         opts = self.options
         argv = [sys.executable, "-m", "qward.protected", "--state-dir", str(opts.state_dir)]
         argv += ["--exit-with-parent"]
+        if opts.allow_degraded_isolation:
+            argv += ["--allow-degraded-isolation"]
+        if opts.max_output_bytes is not None:
+            argv += ["--max-output-bytes", str(opts.max_output_bytes)]
         if self.privileged:
             core, api, worker = (self._users[k] for k in ("core", "api", "worker"))
             argv += [

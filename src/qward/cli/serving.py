@@ -203,6 +203,18 @@ def _serve(
             help="Without --model-repository, serve the bundled iris model as 'iris-mlp'.",
         ),
     ] = True,
+    allow_degraded_isolation: Annotated[
+        bool,
+        typer.Option(
+            "--allow-degraded-isolation",
+            envvar="QWARD_ALLOW_DEGRADED_ISOLATION",
+            help="Run models even if a sandbox layer cannot be applied (logged, in receipts).",
+        ),
+    ] = False,
+    max_output_bytes: Annotated[
+        int | None,
+        typer.Option(min=1, help="Largest encoded output one run may return (default 64 MiB)."),
+    ] = None,
     unsafe_single_user: Annotated[
         bool,
         typer.Option(
@@ -232,5 +244,7 @@ def _serve(
         pin_file=pkcs11_pin_file,
         unsafe_single_user=unsafe_single_user,
         example_model=example_model,
+        allow_degraded_isolation=allow_degraded_isolation,
+        max_output_bytes=max_output_bytes,
     )
     raise typer.Exit(Launcher(options).run())

@@ -131,9 +131,16 @@ def parse_key_wrap(wrap: bytes, *, what: str) -> KeyWrap:
     key_id = doc.get("key_id")
     if not isinstance(key_id, str):
         raise FormatError(f"{what}: key_id must be a string")
-    return KeyWrap(
-        suite=suite, key_id=key_id, encapsulated_key=b64decode(doc.get("enc"), what=f"{what} enc")
-    )
+    enc = b64decode(doc.get("enc"), what=f"{what} enc")
+    # The wrap is HPKE's single-shot output: the KEM's encapsulation, then the data key sealed
+    # with AES-256-GCM. Each KEM has one encapsulation size, so an edited suite id is caught
+    # here, as bad input, instead of reaching HPKE with a key of another algorithm.
+    expected = int(_HPKE_SUITES[suite][0].enc_length()) + _DEK_LEN + _TAG_LEN
+    if len(enc) != expected:
+        raise FormatError(
+            f"{what}: key wrap of {len(enc)} bytes does not fit suite {suite} ({expected} bytes)"
+        )
+    return KeyWrap(suite=suite, key_id=key_id, encapsulated_key=enc)
 
 
 @dataclass(frozen=True, kw_only=True)

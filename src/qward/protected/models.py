@@ -6,13 +6,14 @@ import contextlib
 import hashlib
 import os
 import queue
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from qward.encoding import canonical_json, parse_canonical_json, read_limited
-from qward.errors import InputError, NotFoundError
+from qward.errors import InputError, NotFoundError, QwardError
 from qward.runtime.circuit_spec import CIRCUIT_CONTENT_TYPE
 from qward.runtime.supervisor import WorkerPolicy, WorkerProcess
 
@@ -62,6 +63,29 @@ class ModelEntry:
         return next((w for w in self.pool if w.alive), None)
 
 
+def _read_record(meta: Path) -> ModelEntry:
+    doc = parse_canonical_json(
+        read_limited(str(meta), limit=65536, what=f"model record {meta.name}"),
+        what=f"model record {meta.name}",
+    )
+    entry = ModelEntry(
+        model_sha256=check_digest(meta.stem, f"model record {meta.name}"),
+        sealed_sha256=check_digest(doc.get("sealed_sha256"), f"model record {meta.name}"),
+        name=str(doc.get("name")),
+        # Records written before circuits existed have no content type: they are ONNX.
+        content_type=str(doc.get("content_type", ONNX_CONTENT_TYPE)),
+    )
+    if entry.content_type not in MODEL_CONTENT_TYPES:
+        raise InputError(f"model record {meta.name}: unknown content type")
+    return entry
+
+
+def _report(event: str, model_sha256: str, reason: str) -> None:
+    # The core's log is its stderr (relayed by its supervisor); one JSON line per event.
+    line = canonical_json({"event": event, "model_sha256": model_sha256, "reason": reason})
+    print(line.decode("utf-8"), file=sys.stderr, flush=True)
+
+
 class ModelRegistry:
     """Keeps sealed models in ``directory`` and starts their workers on demand."""
 
@@ -75,22 +99,18 @@ class ModelRegistry:
         if workers_per_model < 1:
             raise InputError("workers_per_model must be at least 1")
         self._workers_per_model = workers_per_model
-        self._policy = policy
+        self.policy = policy
         self._dir = directory
         self._dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._models: dict[str, ModelEntry] = {}
         self._lock = threading.Lock()
         for meta in sorted(self._dir.glob("*.json")):
-            doc = parse_canonical_json(meta.read_bytes(), what=f"model record {meta.name}")
-            entry = ModelEntry(
-                model_sha256=meta.stem,
-                sealed_sha256=str(doc["sealed_sha256"]),
-                name=str(doc["name"]),
-                # Records written before circuits existed have no content type: they are ONNX.
-                content_type=str(doc.get("content_type", ONNX_CONTENT_TYPE)),
-            )
-            if entry.content_type not in MODEL_CONTENT_TYPES:
-                raise InputError(f"model record {meta.name}: unknown content type")
+            # A damaged record is reported and skipped: one bad model never blocks the core.
+            try:
+                entry = _read_record(meta)
+            except QwardError as exc:
+                _report("model-record-skipped", meta.stem, str(exc))
+                continue
             self._models[entry.model_sha256] = entry
 
     def add(
@@ -133,6 +153,19 @@ class ModelRegistry:
             self._models[model_sha256] = entry
             return entry
 
+    def remove(self, entry: ModelEntry) -> None:
+        """Forget a model: stop its workers and delete its record and sealed file."""
+        with self._lock:
+            self._models.pop(entry.model_sha256, None)
+        with entry.lock:
+            entry.unloaded = True
+            self._stop(entry)
+        for suffix in (".json", ".sealed"):
+            (self._dir / f"{entry.model_sha256}{suffix}").unlink(missing_ok=True)
+
+    def __contains__(self, model_sha256: object) -> bool:
+        return model_sha256 in self._models
+
     def get(self, model_sha256: str) -> ModelEntry:
         """The entry for a digest, or an ``InputError`` naming it."""
         check_digest(model_sha256, "model_sha256")
@@ -165,7 +198,8 @@ class ModelRegistry:
                         model=plaintext,
                         model_sha256=entry.model_sha256,
                         content_type=entry.content_type,
-                        run_as=self._policy.run_as,
+                        policy=self.policy,
+                        hide=(str(self._dir.resolve().parent),),
                     )
                     entry.pool.append(worker)
                     entry.idle.put(worker)

@@ -48,12 +48,15 @@ from qward.protected.peer_policy import PeerPolicy, PermissionDeniedError
 from qward.protected.pkcs11_kek import PIN_ENV
 from qward.protected.service import CoreService
 from qward.protected.tracing import setup_tracing
-from qward.runtime.supervisor import WorkerPolicy
+from qward.runtime.supervisor import DEFAULT_MAX_OUTPUT_BYTES, WorkerPolicy
 from qward.tlog.location import log_location, open_log_store
 from qward.tlog.witness_client import WitnessClient, load_witness_config
 from qward.tlog.witness_policy import WitnessPolicy
 
-__all__ = ["build_service", "main"]
+__all__ = ["ALLOW_DEGRADED_ENV", "build_service", "main"]
+
+#: Set to 1 to let a core started by the CLI run models with a degraded sandbox (logged).
+ALLOW_DEGRADED_ENV = "QWARD_ALLOW_DEGRADED_ISOLATION"
 
 
 def build_service(
@@ -112,6 +115,10 @@ def build_service(
     trust_path = state_dir / "trust.json"
     trust_path.write_bytes(service.trust.to_bytes())
     service.log_admin("core-start", pid=os.getpid(), version=__version__)
+    if worker_policy is not None and worker_policy.allow_degraded:
+        # The operator chose to run models under a weaker sandbox: that choice is evidence too.
+        service.log_admin("isolation-degraded-allowed", pid=os.getpid())
+        print("qward core: WARNING models may run with degraded isolation", file=sys.stderr)
     return service
 
 
@@ -214,6 +221,18 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--keystore-passphrase-fd", type=int, help="read the passphrase here")
     parser.add_argument("--keystore-passphrase-file", type=Path)
     parser.add_argument("--pkcs11-pin-fd", type=int, help="read the PKCS#11 PIN here")
+    parser.add_argument(
+        "--allow-degraded-isolation",
+        action="store_true",
+        default=os.environ.get(ALLOW_DEGRADED_ENV) == "1",
+        help="run models even when a sandbox layer cannot be applied (logged; stamped in receipts)",
+    )
+    parser.add_argument(
+        "--max-output-bytes",
+        type=int,
+        default=DEFAULT_MAX_OUTPUT_BYTES,
+        help="largest encoded output one run may return",
+    )
     return parser
 
 
@@ -266,7 +285,11 @@ def main(argv: list[str] | None = None) -> int:
         service = build_service(
             state_dir,
             passphrase=_secrets(args),
-            worker_policy=WorkerPolicy(run_as=args.worker_user),
+            worker_policy=WorkerPolicy(
+                run_as=args.worker_user,
+                allow_degraded=args.allow_degraded_isolation,
+                max_output_bytes=args.max_output_bytes,
+            ),
         )
     except QwardError as exc:
         print(f"qward core: {exc}", file=sys.stderr)

@@ -18,7 +18,7 @@ from typing import Any
 from qward import __version__
 from qward.crypto.envelope import SealedArtifact, parse_sealed
 from qward.encoding import b64decode, b64encode, canonical_json
-from qward.errors import InputError
+from qward.errors import InputError, QwardError
 from qward.protected.auditor import Auditor
 from qward.protected.key_admin import KEY_ADMIN_OPS, build_trust, check_unwrap
 from qward.protected.keystore import CoreKeys
@@ -47,6 +47,7 @@ from qward.receipts.receipt import RECEIPT_FORMAT, SIGNING_CONTEXT, ReceiptBundl
 from qward.receipts.replay_verdict import judge
 from qward.receipts.trust import TrustBundle
 from qward.receipts.verify import Verifier
+from qward.runtime.model_checks import check_model_bytes
 from qward.tensors import Tensor, decode_tensors, encode_tensors, tensors_digest
 from qward.tlog.witness_policy import WitnessPolicy
 
@@ -220,10 +221,25 @@ class CoreService:
             limit=MAX_MODEL_BYTES + 65536,
         )
         digest = hashlib.sha256(plaintext).hexdigest()
+        # The sealed header's content type is the client's word: the bytes must agree with it,
+        # and an ONNX model must hold all its data inline (issue 10.1), before anything is kept.
+        if check_model_bytes(plaintext) != content_type:
+            raise InputError(f"the sealed model's bytes are not of its declared {content_type!r}")
+        del plaintext
+        known = digest in self._models
         entry = self._models.add(
             model_sha256=digest, sealed=payload, name=name, content_type=content_type
         )
-        worker = self._models.ensure_workers(entry, self._opener(request_id, content_type))
+        try:
+            worker = self._models.ensure_workers(entry, self._opener(request_id, content_type))
+        except QwardError as exc:
+            # A model no worker can load is not kept, so it is not retried at every start.
+            if not known:
+                self._models.remove(entry)
+            self.log_admin(
+                "model-registration-failed", model_sha256=digest, name=name, reason=str(exc)
+            )
+            raise
         self.log_admin(
             "model-registered", model_sha256=digest, name=name, sealed_sha256=entry.sealed_sha256
         )

@@ -124,10 +124,10 @@ class TokenStore:
             entries = _parse(doc)
         self._entries, self._seen = entries, seen
 
-    def _refresh(self) -> None:
-        """Re-read the file if it changed (checked at most once a second)."""
+    def _refresh(self, *, force: bool = False) -> None:
+        """Re-read the file if it changed (looked at once a second, or now if ``force``)."""
         now = time.monotonic()
-        if now - self._checked < _RELOAD_EVERY:
+        if not force and now - self._checked < _RELOAD_EVERY:
             return
         self._checked = now
         seen = self._signature()
@@ -223,14 +223,21 @@ class TokenStore:
         stored tokens."""
         if not token:
             return None
-        with self._lock:
-            self._refresh()
-            entries = self._entries
         presented = _digest(token)
+        found = self._match(presented, force=False)
+        if found is None:
+            # A token created a moment ago works at once: an unknown one looks at the file again.
+            found = self._match(presented, force=True)
+        if found is None or not found.valid_at(self._clock()):
+            return None
+        return found
+
+    def _match(self, presented: bytes, *, force: bool) -> Principal | None:
+        with self._lock:
+            self._refresh(force=force)
+            entries = self._entries
         found = None
         for digest, principal in entries:
             if hmac.compare_digest(digest, presented):
                 found = principal
-        if found is None or not found.valid_at(self._clock()):
-            return None
         return found

@@ -3,9 +3,10 @@
 Each layer is applied by the worker to its own process; none needs special hardware. A layer that
 cannot be applied is reported in ``degraded`` (and on stderr), never skipped silently, and the
 self-check then *tries* the forbidden actions: a layer is only reported enforced when its probe
-was refused. Order matters: network namespace, ``no_new_privs``, rlimits and Landlock before the
-model is parsed; the seccomp allowlist after the model is loaded and warmed up, because loading
-needs system calls (file and thread set-up in ONNX Runtime) that inference does not.
+was refused. Order matters: namespaces and the capability drop (``qward.runtime.namespaces``),
+``no_new_privs``, Landlock, rlimits and a coarse seccomp denylist before the model is parsed; the
+seccomp allowlist after the model is loaded and warmed up, because loading needs system calls
+(file and thread set-up in ONNX Runtime) that inference does not.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ __all__ = [
     "apply_no_new_privs",
     "apply_rlimits",
     "apply_seccomp",
+    "apply_seccomp_denylist",
+    "errno_text",
     "probe",
 ]
 
@@ -48,6 +51,7 @@ _FS_READ_FILE, _FS_READ_DIR = 1 << 2, 1 << 3
 _FS_BITS_BY_ABI = {1: 13, 2: 14, 3: 15, 4: 15, 5: 16, 6: 16, 7: 16}
 _NET_BIND_TCP, _NET_CONNECT_TCP = 1 << 0, 1 << 1
 _SCOPE_ABSTRACT_UNIX_SOCKET, _SCOPE_SIGNAL = 1 << 0, 1 << 1
+_SYS_IO_URING_SETUP = 425  # shared by all architectures, like Landlock's
 
 
 class _RulesetAttr(ctypes.Structure):
@@ -77,6 +81,15 @@ class IsolationReport:
 
     layers: dict[str, Layer] = field(default_factory=dict)
     probes: dict[str, str] = field(default_factory=dict)
+    #: Layers to leave out, for tests only (``WorkerPolicy.unsafe_skip_layers``).
+    skip: frozenset[str] = frozenset()
+
+    def skipped(self, name: str) -> bool:
+        """Whether ``name`` is to be left out; if so it is recorded as not in force."""
+        if name not in self.skip:
+            return False
+        self.record(name, False, "skipped on request (unsafe_skip_layers, a test-only setting)")
+        return True
 
     def record(self, name: str, enforced: bool, detail: str) -> None:
         """Record a layer's outcome, warning loudly on stderr if it is not in force."""
@@ -111,30 +124,36 @@ class IsolationReport:
         }
 
 
-def _errno_text() -> str:
+def errno_text() -> str:
     return os.strerror(ctypes.get_errno())
 
 
 def apply_network_namespace(report: IsolationReport) -> None:
     """Move into a new, empty network namespace (only a down loopback interface)."""
+    if report.skipped("network_namespace"):
+        return
     if _libc.unshare(_CLONE_NEWNET) == 0:
         report.record("network_namespace", True, "new empty network namespace")
         return
-    first = _errno_text()
+    first = errno_text()
     if _libc.unshare(_CLONE_NEWUSER | _CLONE_NEWNET) == 0:
         report.record("network_namespace", True, "new user and network namespace")
         return
-    report.record("network_namespace", False, f"unshare failed: {first}; {_errno_text()}")
+    report.record("network_namespace", False, f"unshare failed: {first}; {errno_text()}")
 
 
 def apply_no_new_privs(report: IsolationReport) -> None:
     """Forbid gaining privileges through execve (also required by Landlock and seccomp)."""
+    if report.skipped("no_new_privs"):
+        return
     ok = _libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0
-    report.record("no_new_privs", ok, "PR_SET_NO_NEW_PRIVS set" if ok else _errno_text())
+    report.record("no_new_privs", ok, "PR_SET_NO_NEW_PRIVS set" if ok else errno_text())
 
 
 def apply_rlimits(report: IsolationReport, *, memory_limit: int) -> None:
     """Cap address space, open files and file size; disable core dumps."""
+    if report.skipped("rlimits"):
+        return
     limits = {"RLIMIT_AS": memory_limit, "RLIMIT_NOFILE": 64, "RLIMIT_FSIZE": 0, "RLIMIT_CORE": 0}
     try:
         for name, value in limits.items():
@@ -154,9 +173,11 @@ def _landlock_abi() -> int:
 def apply_landlock(report: IsolationReport, *, read_only: list[str]) -> None:
     """Deny all filesystem writes, reads outside ``read_only``, TCP, and (ABI 6+) signals and
     abstract Unix sockets outside the sandbox."""
+    if report.skipped("landlock"):
+        return
     abi = _landlock_abi()
     if abi < 1:
-        report.record("landlock", False, f"Landlock unavailable: {_errno_text()}")
+        report.record("landlock", False, f"Landlock unavailable: {errno_text()}")
         return
     abi = min(abi, max(_FS_BITS_BY_ABI))
     attr = _RulesetAttr(
@@ -167,13 +188,13 @@ def apply_landlock(report: IsolationReport, *, read_only: list[str]) -> None:
     size = ctypes.sizeof(_RulesetAttr) if abi >= 6 else (16 if abi >= 4 else 8)
     fd = int(_libc.syscall(_SYS_LANDLOCK_CREATE_RULESET, ctypes.byref(attr), size, 0))
     if fd < 0:
-        report.record("landlock", False, f"create_ruleset failed: {_errno_text()}")
+        report.record("landlock", False, f"create_ruleset failed: {errno_text()}")
         return
     try:
         for path in read_only:
             _allow_read(fd, path)
         if _libc.syscall(_SYS_LANDLOCK_RESTRICT_SELF, fd, 0) != 0:
-            report.record("landlock", False, f"restrict_self failed: {_errno_text()}")
+            report.record("landlock", False, f"restrict_self failed: {errno_text()}")
             return
     finally:
         os.close(fd)
@@ -249,6 +270,8 @@ _ALLOWED_SYSCALLS = (
 
 def apply_seccomp(report: IsolationReport) -> None:
     """Install the allowlist; from here on no file can be opened and no socket or process made."""
+    if report.skipped("seccomp"):
+        return
     try:
         rules = pyseccomp.SyscallFilter(defaction=pyseccomp.ERRNO(errno.EPERM))
         allowed = 0
@@ -263,6 +286,78 @@ def apply_seccomp(report: IsolationReport) -> None:
         report.record("seccomp", False, f"seccomp filter not installed: {exc}")
         return
     report.record("seccomp", True, f"allowlist of {allowed} system calls, default EPERM")
+
+
+# Refused from the very start, before the model is parsed: kernel attack surface no model needs
+# (issue 10.3). New processes are refused too: ``clone`` only with CLONE_THREAD (threads stay
+# possible for ONNX Runtime), ``clone3`` reports ENOSYS so the C library falls back to ``clone``.
+_DENIED_SYSCALLS = (
+    "io_uring_setup",
+    "io_uring_enter",
+    "io_uring_register",
+    "ptrace",
+    "bpf",
+    "keyctl",
+    "add_key",
+    "request_key",
+    "unshare",
+    "setns",
+    "mount",
+    "umount2",
+    "pivot_root",
+    "move_mount",
+    "fsopen",
+    "fsmount",
+    "fsconfig",
+    "open_tree",
+    "mount_setattr",
+    "process_vm_readv",
+    "process_vm_writev",
+    "perf_event_open",
+    "userfaultfd",
+    "kexec_load",
+    "kexec_file_load",
+    "init_module",
+    "finit_module",
+    "delete_module",
+    "sethostname",
+    "setdomainname",
+    "personality",
+    "socket",
+    "socketpair",
+    "memfd_create",
+    "memfd_secret",
+    "fork",
+    "vfork",
+    "execve",
+    "execveat",
+)
+_CLONE_THREAD = 0x00010000
+
+
+def apply_seccomp_denylist(report: IsolationReport) -> None:
+    """Install the coarse denylist that holds while the model is parsed and warmed up."""
+    if report.skipped("seccomp_denylist"):
+        return
+    try:
+        rules = pyseccomp.SyscallFilter(defaction=pyseccomp.ALLOW)
+        denied = 0
+        for name in _DENIED_SYSCALLS:
+            try:
+                rules.add_rule(pyseccomp.ERRNO(errno.EPERM), name)
+                denied += 1
+            except (ValueError, RuntimeError, OSError):
+                continue  # not a system call on this architecture
+        rules.add_rule(pyseccomp.ERRNO(errno.ENOSYS), "clone3")
+        no_thread = pyseccomp.Arg(0, pyseccomp.MASKED_EQ, _CLONE_THREAD, 0)
+        rules.add_rule(pyseccomp.ERRNO(errno.EPERM), "clone", no_thread)
+        rules.load()
+    except (OSError, RuntimeError, ValueError) as exc:
+        report.record("seccomp_denylist", False, f"seccomp denylist not installed: {exc}")
+        return
+    report.record(
+        "seccomp_denylist", True, f"{denied} system calls and process creation denied (EPERM)"
+    )
 
 
 def _attempt(report: IsolationReport, name: str, layers: tuple[str, ...], action: Any) -> None:
@@ -310,17 +405,58 @@ def _spawn() -> None:
     os.waitpid(pid, 0)
 
 
-def probe(report: IsolationReport, *, stage: str) -> None:
+def _memfd() -> None:
+    os.close(os.memfd_create("qward-probe"))
+
+
+def _io_uring() -> None:
+    params = ctypes.create_string_buffer(120)
+    fd = int(_libc.syscall(_SYS_IO_URING_SETUP, 1, params))
+    if fd < 0:
+        raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+    os.close(fd)
+
+
+def _sethostname() -> None:
+    name = b"qward-probe"
+    if _libc.sethostname(name, len(name)) != 0:
+        raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+
+
+def _unix_connect(path: str) -> None:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(1)
+        sock.connect(path)
+
+
+def probe(report: IsolationReport, *, stage: str, unix_socket: str | None = None) -> None:
     """Try what each enforced layer forbids; a probe that gets through demotes its layer.
 
-    ``stage="pre-seccomp"`` checks the namespace and Landlock on their own; ``"final"`` checks
-    everything with seccomp in force.
+    ``stage="namespaces"`` runs before the seccomp denylist, so it checks the namespaces,
+    capabilities and Landlock on their own (``unix_socket`` names a socket in a hidden directory);
+    ``"pre-seccomp"`` checks the denylist; ``"final"`` checks everything with seccomp in force.
     """
-    if stage == "pre-seccomp":
+    if stage == "namespaces":
+        if unix_socket is not None:
+            _attempt(
+                report,
+                "connect_unix_socket_in_state_dir",
+                ("mount_namespace",),
+                lambda: _unix_connect(unix_socket),
+            )
+        _attempt(report, "sethostname", ("capabilities",), _sethostname)
         _attempt(report, "udp_send_loopback", ("network_namespace",), _udp_send)
         _attempt(report, "tcp_connect_loopback", ("network_namespace", "landlock"), _connect)
         _attempt(report, "write_new_file_in_tmp", ("landlock",), _write_tmp)
         _attempt(report, "read_etc_hostname", ("landlock",), _read_hostname)
+        return
+    if stage == "pre-seccomp":
+        denylist = ("seccomp_denylist",)
+        _attempt(report, "fork_before_seccomp", denylist, _spawn)
+        _attempt(report, "memfd_create", denylist, _memfd)
+        _attempt(report, "io_uring_setup", denylist, _io_uring)
+        _attempt(report, "sethostname_before_seccomp", denylist, _sethostname)
+        _attempt(report, "socket_before_seccomp", denylist, _connect)
         return
     _attempt(report, "socket_after_seccomp", ("seccomp",), _connect)
     _attempt(report, "open_after_seccomp", ("seccomp",), _read_hostname)

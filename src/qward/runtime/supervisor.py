@@ -9,8 +9,10 @@ from __future__ import annotations
 import contextlib
 import os
 import select
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Sequence
@@ -22,24 +24,34 @@ from qward.errors import FormatError, InputError, QwardError, RuntimeFailure
 from qward.framing import write_frame
 from qward.tensors import Tensor, decode_tensors, encode_tensors
 
-__all__ = ["DEFAULT_MEMORY_LIMIT", "WorkerPolicy", "WorkerProcess"]
+__all__ = ["DEFAULT_MAX_OUTPUT_BYTES", "DEFAULT_MEMORY_LIMIT", "WorkerPolicy", "WorkerProcess"]
 
 DEFAULT_MEMORY_LIMIT = 4 * 1024 * 1024 * 1024
-_MAX_REPLY = 1024 * 1024 * 1024
+DEFAULT_MAX_OUTPUT_BYTES = 64 * 1024 * 1024
+# Room for the tensor encoding's per-tensor headers on top of the raw output bytes.
+_REPLY_OVERHEAD = 1024 * 1024
+_MAX_HEADER = 1024 * 1024
 _PREFIX = 12
+_DEGRADED_FLAG = "--allow-degraded-isolation"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class WorkerPolicy:
-    """How workers are started; ``run_as`` is the (uid, gid) they run under, if not the core's.
+    """How the core starts and trusts its workers.
 
-    Minimal stand-in for the privilege-separation work; the runtime owner's version replaces it.
+    ``run_as`` is the (uid, gid) workers start as (no supplementary groups); ``allow_degraded``
+    accepts a worker whose isolation report lists a layer not in force (the receipt still records
+    it); ``max_output_bytes`` caps one run's encoded outputs; ``memory_limit`` is the worker's
+    address-space cap. ``unsafe_skip_layers`` is for tests only: it makes the worker skip the named
+    isolation layers to show what the other layers hold on their own. The core never sets it, and
+    it travels only from this process to the worker, never from a client.
     """
 
     run_as: tuple[int, int] | None = None
     allow_degraded: bool = False
-    max_output_bytes: int = 64 * 1024 * 1024
+    max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES
     memory_limit: int = DEFAULT_MEMORY_LIMIT
+    unsafe_skip_layers: frozenset[str] = frozenset()
 
 
 def _worker_env() -> dict[str, str]:
@@ -72,6 +84,34 @@ def _relay_lines(proc: subprocess.Popen[bytes]) -> None:
         sys.stderr.flush()
 
 
+def _private_workdir(run_as: tuple[int, int] | None) -> str:
+    # ONNX Runtime resolves relative paths (external data) against the working directory; the
+    # worker gets a fresh empty one of its own instead of the core's state directory.
+    path = tempfile.mkdtemp(prefix="qward-worker-")
+    # Another uid only needs to enter it (x), never to list or write it: the core keeps no
+    # CAP_CHOWN, and a worker has no business writing where it runs.
+    os.chmod(path, 0o700 if run_as is None else 0o711)
+    return path
+
+
+def _spawn(policy: WorkerPolicy, workdir: str) -> subprocess.Popen[bytes]:
+    # stderr is a pipe, never a file: the worker runs with RLIMIT_FSIZE=0, so writing to a
+    # regular file would raise SIGXFSZ and kill it.
+    identity: dict[str, Any] = {}
+    if policy.run_as is not None:
+        identity = {"user": policy.run_as[0], "group": policy.run_as[1], "extra_groups": []}
+    return subprocess.Popen(
+        [sys.executable, "-m", "qward.runtime.worker"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=_worker_env(),
+        close_fds=True,
+        cwd=workdir,
+        **identity,
+    )
+
+
 class _Deadline:
     def __init__(self, stream: BinaryIO, seconds: float) -> None:
         self._fd = stream.fileno()
@@ -91,12 +131,20 @@ class _Deadline:
         return b"".join(chunks)
 
 
-def _read_reply(stream: BinaryIO, seconds: float) -> tuple[dict[str, Any], bytes]:
+class _OutputTooLargeError(Exception):
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+
+def _read_reply(stream: BinaryIO, seconds: float, max_body: int) -> tuple[dict[str, Any], bytes]:
     reader = _Deadline(stream, seconds)
     prefix = reader.read(_PREFIX)
     head_len, body_len = int.from_bytes(prefix[:4], "big"), int.from_bytes(prefix[4:], "big")
-    if head_len > 1024 * 1024 or body_len > _MAX_REPLY:
-        raise FormatError("worker reply is over the size limit")
+    if head_len > _MAX_HEADER:
+        raise FormatError("worker reply header is over the size limit")
+    if body_len > max_body:
+        # Checked on the announced length, before a byte of the body is read into the core.
+        raise _OutputTooLargeError(body_len)
     header = parse_canonical_json(reader.read(head_len), what="worker reply")
     return header, reader.read(body_len)
 
@@ -104,9 +152,18 @@ def _read_reply(stream: BinaryIO, seconds: float) -> tuple[dict[str, Any], bytes
 class WorkerProcess:
     """One sandboxed worker holding one model."""
 
-    def __init__(self, proc: subprocess.Popen[bytes], info: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        proc: subprocess.Popen[bytes],
+        info: dict[str, Any],
+        *,
+        policy: WorkerPolicy | None = None,
+        workdir: str | None = None,
+    ) -> None:
         self._proc = proc
         self.info = info
+        self.policy = policy or WorkerPolicy()
+        self._workdir = workdir
         self._lock = threading.Lock()
         self._dead: str | None = None
         self._last_record: dict[str, Any] = {}
@@ -117,39 +174,60 @@ class WorkerProcess:
         *,
         model: bytes,
         model_sha256: str,
-        memory_limit: int = DEFAULT_MEMORY_LIMIT,
+        policy: WorkerPolicy | None = None,
         timeout: float = 60.0,
         content_type: str = "application/onnx",
-        run_as: tuple[int, int] | None = None,
+        hide: tuple[str, ...] = (),
+        probe_unix_socket: str | None = None,
     ) -> WorkerProcess:
         """Spawn a worker, hand it the model (ONNX, or a ``qward/circuit/v1`` spec when
-        ``content_type`` says so) and wait for its sandbox report."""
-        # stderr is a pipe, never a file: the worker runs with RLIMIT_FSIZE=0, so writing to a
-        # regular file would raise SIGXFSZ and kill it.
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "qward.runtime.worker"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=_worker_env(),
-            close_fds=True,
-            user=None if run_as is None else run_as[0],
-            group=None if run_as is None else run_as[1],
-            extra_groups=None if run_as is None else [],
-        )
+        ``content_type`` says so) and wait for its sandbox report.
+
+        Unless ``policy.allow_degraded``, a worker reporting any isolation layer not in force is
+        killed and a ``RuntimeFailure`` names the layers. ``hide`` are directories the worker
+        must not see (the core's state directory); ``probe_unix_socket`` names a socket the
+        worker's self-check tries to connect to (it must fail).
+        """
+        policy = policy or WorkerPolicy()
+        workdir = _private_workdir(policy.run_as)
+        try:
+            proc = _spawn(policy, workdir)
+        except BaseException:
+            shutil.rmtree(workdir, ignore_errors=True)
+            raise
         threading.Thread(target=_relay_stderr, args=(proc,), daemon=True).start()
-        worker = cls(proc, {})
-        worker.info = worker._exchange(
-            {
-                "op": "load",
-                "model_sha256": model_sha256,
-                "memory_limit": memory_limit,
-                "content_type": content_type,
-            },
-            model,
-            timeout,
-        )[0]
+        worker = cls(proc, {}, policy=policy, workdir=workdir)
+        try:
+            worker.info = worker._exchange(
+                {
+                    "op": "load",
+                    "model_sha256": model_sha256,
+                    "memory_limit": policy.memory_limit,
+                    "max_output_bytes": policy.max_output_bytes,
+                    "content_type": content_type,
+                    "unsafe_skip_layers": sorted(policy.unsafe_skip_layers),
+                    "hide_paths": list(hide),
+                    "probe_unix_socket": [probe_unix_socket] if probe_unix_socket else [],
+                },
+                model,
+                timeout,
+            )[0]
+            worker._check_isolation()
+        except BaseException:
+            worker.close()
+            raise
         return worker
+
+    def _check_isolation(self) -> None:
+        isolation = self.info.get("isolation")
+        degraded = isolation.get("degraded") if isinstance(isolation, dict) else None
+        if not isinstance(degraded, list):
+            raise RuntimeFailure("the worker sent no isolation report; refusing to use it")
+        if degraded and not self.policy.allow_degraded:
+            raise RuntimeFailure(
+                f"worker isolation is degraded ({', '.join(map(str, degraded))} not in force); "
+                f"refusing to run models; start the core with {_DEGRADED_FLAG} to accept this"
+            )
 
     @property
     def alive(self) -> bool:
@@ -170,7 +248,18 @@ class WorkerProcess:
             assert self._proc.stdin is not None and self._proc.stdout is not None
             try:
                 write_frame(self._proc.stdin, header, payload)  # type: ignore[arg-type]
-                reply, body = _read_reply(self._proc.stdout, timeout)  # type: ignore[arg-type]
+                reply, body = _read_reply(
+                    self._proc.stdout,  # type: ignore[arg-type]
+                    timeout,
+                    self.policy.max_output_bytes + _REPLY_OVERHEAD,
+                )
+            except _OutputTooLargeError as exc:
+                # The unread body is still in the pipe: the worker cannot be reused.
+                self._kill("output over the limit")
+                raise InputError(
+                    f"the model's outputs ({exc.size} bytes) are over the limit of "
+                    f"{self.policy.max_output_bytes} bytes (max_output_bytes)"
+                ) from None
             except TimeoutError:
                 self._kill(f"no answer within {timeout:g} s")
                 raise RuntimeFailure(
@@ -227,6 +316,14 @@ class WorkerProcess:
             if pipe is not None:
                 with contextlib.suppress(OSError):
                     pipe.close()
+        if self._workdir is not None and self._proc.poll() is not None:
+            shutil.rmtree(self._workdir, ignore_errors=True)
+            self._workdir = None
+
+    @property
+    def workdir(self) -> str | None:
+        """The worker's private, empty working directory (``None`` once removed)."""
+        return self._workdir
 
     def close(self) -> None:
         """Close stdin so the worker exits; kill it if it lingers."""

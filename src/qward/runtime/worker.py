@@ -10,10 +10,12 @@ Then it answers ``run`` frames until stdin closes. It never receives a key. Erro
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import sys
 import sysconfig
 import traceback
+from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 import numpy as np
@@ -31,6 +33,8 @@ from qward.runtime.determinism import (
     seed_everything,
     session_options_record,
 )
+from qward.runtime.model_checks import check_onnx_model
+from qward.runtime.namespaces import apply_capability_drop, apply_namespaces
 from qward.tensors import DATATYPES, Tensor, decode_tensors, encode_tensors
 
 __all__ = ["main"]
@@ -103,7 +107,11 @@ def _session(model: bytes) -> Any:
 
 
 class _Model:
-    def __init__(self, model: bytes) -> None:
+    def __init__(self, model: bytes, *, limits: _Limits) -> None:
+        # Refused here too, whatever the core checked: ONNX Runtime would open a relative
+        # external-data path itself, before any check of ours could see the file.
+        check_onnx_model(model)
+        self._limits = limits
         self.fresh_session_per_request = _has_random_ops(model)
         self._bytes = model if self.fresh_session_per_request else b""
         try:
@@ -119,10 +127,13 @@ class _Model:
             raise InputError(f"model inputs of unsupported types: {', '.join(unsupported)}")
 
     def warm_up(self) -> None:
+        shapes = {i["name"]: [d if d >= 0 else 1 for d in i["shape"]] for i in self.inputs}
+        # A declared input shape the worker could never hold is refused before anything is
+        # allocated for it (the warm-up would otherwise build it).
+        for i in self.inputs:
+            self._limits.check_size(i["name"], shapes[i["name"]], i["datatype"])
         feed = {
-            i["name"]: np.zeros(
-                [d if d >= 0 else 1 for d in i["shape"]], dtype=DATATYPES[i["datatype"]]
-            )
+            i["name"]: np.zeros(shapes[i["name"]], dtype=DATATYPES[i["datatype"]])
             for i in self.inputs
         }
         seed_everything(0)
@@ -140,6 +151,9 @@ class _Model:
             raise RuntimeFailure(
                 f"ONNX Runtime failed on this input: {type(exc).__name__}"
             ) from None
+        # Sized from shapes and dtypes before anything is encoded, so an amplifying model
+        # cannot make the worker (and then the core) hold a second, encoded copy.
+        self._limits.check_outputs(sum(int(np.asarray(v).nbytes) for v in values))
         return tuple(
             Tensor.from_numpy(n, np.asarray(v)) for n, v in zip(names, values, strict=True)
         )
@@ -151,6 +165,7 @@ class _Model:
             raise InputError(f"model expects inputs {sorted(expected)}, got {sorted(given)}")
         for name, spec in expected.items():
             tensor = given[name]
+            self._limits.check_input(name, tensor)
             if tensor.datatype != spec["datatype"]:
                 raise InputError(
                     f"input {name!r} must be {spec['datatype']}, got {tensor.datatype}"
@@ -185,11 +200,67 @@ def _read_paths() -> list[str]:
     return sorted(p for p in paths if p and os.path.isdir(p))
 
 
-def _open_circuit(payload: bytes) -> Any:
-    # Imported here so ONNX workers never pay for (or expose) PennyLane.
-    from qward.runtime.circuits import CircuitModel
+QUANTUM_EXTRA_MISSING = "this model needs the quantum extra: pip install 'qward[quantum]'"
 
-    return CircuitModel(parse_circuit_spec(payload))
+
+def _open_circuit(payload: bytes) -> Any:
+    spec = parse_circuit_spec(payload)
+    # Imported here so ONNX workers never pay for (or expose) PennyLane.
+    try:
+        from qward.runtime.circuits import CircuitModel
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").partition(".")[0] in ("pennylane", "pennylane_lightning"):
+            raise InputError(QUANTUM_EXTRA_MISSING) from None
+        raise
+    return CircuitModel(spec)
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Limits:
+    memory_limit: int
+    max_output_bytes: int
+
+    def check_input(self, name: str, tensor: Tensor) -> None:
+        self.check_size(name, list(tensor.shape), tensor.datatype)
+
+    def check_size(self, name: str, shape: list[int], datatype: str) -> None:
+        size = math.prod(shape) * np.dtype(DATATYPES[datatype]).itemsize
+        if size > self.memory_limit:
+            raise InputError(
+                f"input {name!r} of shape {shape} needs {size} bytes, over the worker "
+                f"memory limit of {self.memory_limit} bytes"
+            )
+
+    def check_outputs(self, size: int) -> None:
+        if size > self.max_output_bytes:
+            raise InputError(
+                f"the model's outputs ({size} bytes) are over the limit of "
+                f"{self.max_output_bytes} bytes (max_output_bytes)"
+            )
+
+
+def _limits(header: dict[str, Any]) -> _Limits:
+    memory_limit = header.get("memory_limit")
+    if not isinstance(memory_limit, int) or memory_limit < 256 * 1024 * 1024:
+        raise InputError("memory_limit must be at least 256 MiB")
+    max_output = header.get("max_output_bytes")
+    if not isinstance(max_output, int) or max_output < 1:
+        raise InputError("max_output_bytes must be a positive integer")
+    return _Limits(memory_limit=memory_limit, max_output_bytes=max_output)
+
+
+def _paths(header: dict[str, Any], key: str) -> tuple[str, ...]:
+    value = header.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(p, str) and p for p in value):
+        raise InputError(f"{key} must be a list of paths")
+    return tuple(value)
+
+
+def _skipped_layers(header: dict[str, Any]) -> frozenset[str]:
+    skip = header.get("unsafe_skip_layers", [])
+    if not isinstance(skip, list) or not all(isinstance(n, str) for n in skip):
+        raise InputError("unsafe_skip_layers must be a list of layer names")
+    return frozenset(skip)
 
 
 def _load(header: dict[str, Any], payload: bytes) -> tuple[Any, dict[str, Any]]:
@@ -197,20 +268,24 @@ def _load(header: dict[str, Any], payload: bytes) -> tuple[Any, dict[str, Any]]:
         raise FormatError("the first frame must be a load")
     if hashlib.sha256(payload).hexdigest() != header.get("model_sha256"):
         raise InputError("model bytes do not match the announced model_sha256")
-    memory_limit = header.get("memory_limit")
-    if not isinstance(memory_limit, int) or memory_limit < 256 * 1024 * 1024:
-        raise InputError("memory_limit must be at least 256 MiB")
+    limits = _limits(header)
     content_type = header.get("content_type", ONNX_CONTENT_TYPE)
     if content_type not in (ONNX_CONTENT_TYPE, CIRCUIT_CONTENT_TYPE):
         raise InputError(f"the worker cannot run models of type {content_type!r}")
     circuit = content_type == CIRCUIT_CONTENT_TYPE
-    report = sandbox.IsolationReport()
-    sandbox.apply_network_namespace(report)
+    hide = _paths(header, "hide_paths")
+    report = sandbox.IsolationReport(skip=_skipped_layers(header))
+    read_paths = _read_paths()
+    apply_namespaces(report, hide=hide, keep=tuple(read_paths))
+    apply_capability_drop(report)
     sandbox.apply_no_new_privs(report)
-    sandbox.apply_landlock(report, read_only=_read_paths())
-    sandbox.apply_rlimits(report, memory_limit=memory_limit)
+    sandbox.apply_landlock(report, read_only=read_paths)
+    sandbox.apply_rlimits(report, memory_limit=limits.memory_limit)
+    probe_socket = _paths(header, "probe_unix_socket")
+    sandbox.probe(report, stage="namespaces", unix_socket=probe_socket[0] if probe_socket else None)
+    sandbox.apply_seccomp_denylist(report)
     sandbox.probe(report, stage="pre-seccomp")
-    model: Any = _open_circuit(payload) if circuit else _Model(payload)
+    model: Any = _open_circuit(payload) if circuit else _Model(payload, limits=limits)
     del payload
     model.warm_up()
     sandbox.apply_seccomp(report)
@@ -250,6 +325,7 @@ def _serve(stdin: BinaryIO, stdout: BinaryIO) -> int:
         write_frame(stdout, _error(exc))
         return 2
     del payload
+    limits = _limits(header)  # already checked by the load
     write_frame(stdout, info)
     while True:
         try:
@@ -267,6 +343,7 @@ def _serve(stdin: BinaryIO, stdout: BinaryIO) -> int:
                 write_frame(stdout, {"ok": True}, encode_tensors(result))
             else:  # a circuit also reports the compiled circuit its receipt binds
                 outputs, record = result
+                limits.check_outputs(sum(len(t.data) for t in outputs))
                 write_frame(stdout, {"ok": True, "circuit": record}, encode_tensors(outputs))
         except Exception as exc:
             write_frame(stdout, _error(exc))

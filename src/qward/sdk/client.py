@@ -25,7 +25,8 @@ from qward.receipts.commitment import (
 from qward.receipts.replay_verdict import BITWISE, WITHIN_TOLERANCE
 from qward.receipts.trust import TrustBundle
 from qward.receipts.verify import VerifiedReceipt, Verifier
-from qward.runtime.circuit_spec import CIRCUIT_CONTENT_TYPE, is_circuit_spec
+from qward.runtime.circuit_spec import CIRCUIT_CONTENT_TYPE
+from qward.runtime.model_checks import check_model_bytes
 from qward.tensors import Tensor, encode_tensors, tensors_digest
 
 __all__ = [
@@ -44,8 +45,12 @@ MODEL_CONTENT_TYPE = "application/onnx"
 
 def seal_model(model: bytes, *, trust: TrustBundle) -> bytes:
     """Seal a model to the core named in ``trust``: an ONNX graph, or a ``qward/circuit/v1``
-    spec (canonical JSON), which is sealed as ``CIRCUIT_CONTENT_TYPE`` and validated by the core."""
-    content_type = CIRCUIT_CONTENT_TYPE if is_circuit_spec(model) else MODEL_CONTENT_TYPE
+    spec (canonical JSON), which is sealed as ``CIRCUIT_CONTENT_TYPE``. Anything else (bytes
+    that are not ONNX, an ONNX model with external data or failing ``onnx.checker``, an invalid
+    spec) raises an ``InputError`` naming what is wrong."""
+    # Checked here so that garbage (random bytes, /etc/passwd) or a model reading external files
+    # is refused before it is ever sealed; the core and the worker check again on their own.
+    content_type = check_model_bytes(model)
     return _seal(model, recipient=trust.hpke_recipient, content_type=content_type)
 
 

@@ -1,0 +1,154 @@
+"""The worker's first isolation layers: new namespaces, hidden core paths, no capabilities.
+
+Applied before anything else, while the worker is still single-threaded (``unshare`` of a user
+namespace refuses a threaded process). The worker enters new user, mount, UTS, IPC and network
+namespaces; in its mount namespace it lays an empty read-only tmpfs over the core's state
+directory, ``/run`` and ``/tmp``, so the core's socket cannot even be named (Landlock ABI 7, this
+kernel's, does not cover connecting to a named Unix socket); then it gives up every capability,
+the ones it holds in its own user namespace included, and clears the bounding set.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+
+from qward.runtime.sandbox import IsolationReport, apply_network_namespace, errno_text
+
+__all__ = ["apply_capability_drop", "apply_namespaces"]
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+_CLONE_NEWNS, _CLONE_NEWUTS, _CLONE_NEWIPC = 0x00020000, 0x04000000, 0x08000000
+_CLONE_NEWUSER, _CLONE_NEWNET = 0x10000000, 0x40000000
+_MS_RDONLY, _MS_NOSUID, _MS_NODEV, _MS_NOEXEC = 1, 2, 4, 8
+_MS_REC, _MS_PRIVATE = 1 << 14, 1 << 18
+_PR_CAPBSET_DROP, _PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL = 24, 47, 4
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522
+_ALWAYS_HIDDEN = ("/run", "/tmp")  # noqa: S108 - hidden, not used
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [
+        ("effective", ctypes.c_uint32),
+        ("permitted", ctypes.c_uint32),
+        ("inheritable", ctypes.c_uint32),
+    ]
+
+
+def _write(path: str, text: str) -> None:
+    with open(path, "w", encoding="ascii") as handle:
+        handle.write(text)
+
+
+def _enter_user_namespace(report: IsolationReport) -> bool:
+    uid, gid = os.geteuid(), os.getegid()
+    flags = _CLONE_NEWUSER | _CLONE_NEWNS | _CLONE_NEWUTS | _CLONE_NEWIPC | _CLONE_NEWNET
+    if _libc.unshare(flags) != 0:
+        why = f"unshare failed: {errno_text()}"
+        for name in ("user_namespace", "mount_namespace", "uts_ipc_namespaces"):
+            report.record(name, False, why)
+        return False
+    try:
+        # The worker keeps its own identity inside: mapping it to root would let a capability
+        # it still held in the namespace act on files the real root owns.
+        _write("/proc/self/setgroups", "deny")
+        _write("/proc/self/uid_map", f"{uid} {uid} 1")
+        _write("/proc/self/gid_map", f"{gid} {gid} 1")
+    except OSError as exc:
+        report.record("user_namespace", False, f"id maps not written: {exc.strerror}")
+        return True
+    report.record("user_namespace", True, f"new user namespace, uid {uid} and gid {gid} only")
+    report.record("uts_ipc_namespaces", True, "new UTS and IPC namespaces")
+    return True
+
+
+def _mount_tmpfs(path: str) -> str | None:
+    flags = _MS_RDONLY | _MS_NOSUID | _MS_NODEV | _MS_NOEXEC
+    if _libc.mount(b"none", path.encode(), b"tmpfs", flags, b"size=4k,mode=0555") != 0:
+        return f"{path}: {errno_text()}"
+    return None
+
+
+def _hide(report: IsolationReport, hide: tuple[str, ...], keep: tuple[str, ...]) -> None:
+    if _libc.mount(None, b"/", None, _MS_REC | _MS_PRIVATE, None) != 0:
+        report.record("mount_namespace", False, f"cannot make mounts private: {errno_text()}")
+        return
+    failures: list[str] = []
+    hidden: list[str] = []
+    for path in sorted({os.path.realpath(p) for p in (*hide, *_ALWAYS_HIDDEN)}):
+        if not os.path.isdir(path):
+            continue
+        if any(k == path or k.startswith(path + os.sep) for k in keep):
+            failures.append(f"{path}: holds the worker's own code")
+            continue
+        error = _mount_tmpfs(path)
+        if error:
+            failures.append(error)
+        else:
+            hidden.append(path)
+    detail = f"empty read-only tmpfs over {', '.join(hidden)}"
+    report.record(
+        "mount_namespace", not failures, detail + (f"; not hidden {failures}" if failures else "")
+    )
+
+
+def apply_namespaces(
+    report: IsolationReport, *, hide: tuple[str, ...], keep: tuple[str, ...]
+) -> None:
+    """Enter new user, mount, UTS, IPC and network namespaces and hide ``hide`` (plus ``/run``
+    and ``/tmp``) under empty read-only mounts; ``keep`` are paths the worker still needs."""
+    if report.skipped("user_namespace"):
+        for name in ("mount_namespace", "uts_ipc_namespaces"):
+            report.record(name, False, "needs the user namespace, which was skipped")
+        return
+    if not _enter_user_namespace(report):
+        apply_network_namespace(report)  # perhaps a network namespace on its own still works
+        return
+    report.record("network_namespace", True, "new empty network namespace")
+    if not report.skipped("mount_namespace"):
+        _hide(report, hide, keep)
+
+
+def _cap_last() -> int:
+    try:
+        with open("/proc/sys/kernel/cap_last_cap", encoding="ascii") as handle:
+            return int(handle.read().strip())
+    except (OSError, ValueError):
+        return 63
+
+
+def _status_caps() -> dict[str, int]:
+    caps = {}
+    with open("/proc/self/status", encoding="ascii") as handle:
+        for line in handle:
+            key, _, value = line.partition(":")
+            if key in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"):
+                caps[key] = int(value.strip(), 16)
+    return caps
+
+
+def apply_capability_drop(report: IsolationReport) -> None:
+    """Clear the bounding and ambient sets, then every effective, permitted and inheritable
+    capability; in force only if ``/proc/self/status`` then shows none at all."""
+    if report.skipped("capabilities"):
+        return
+    for cap in range(_cap_last() + 1):
+        _libc.prctl(_PR_CAPBSET_DROP, cap, 0, 0, 0)
+    _libc.prctl(_PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
+    header = _CapHeader(version=_LINUX_CAPABILITY_VERSION_3, pid=0)
+    data = (_CapData * 2)()
+    if _libc.capset(ctypes.byref(header), ctypes.byref(data)) != 0:
+        report.record("capabilities", False, f"capset failed: {errno_text()}")
+        return
+    left = {k: v for k, v in _status_caps().items() if v}
+    if left:
+        report.record("capabilities", False, f"still held: {left}")
+        return
+    report.record(
+        "capabilities", True, "none effective, permitted, inheritable, ambient or bounding"
+    )
