@@ -60,7 +60,7 @@ MAX_INPUT_BYTES = 64 * 1024 * 1024
 _MAX_SEED = 2**63 - 1
 _MAX_PARAMETERS_BYTES = 16 * 1024
 # Admin actions performed by public tools (the token file lives beside the public server).
-_PUBLIC_ADMIN_ACTIONS = frozenset({"token-created"})
+_PUBLIC_ADMIN_ACTIONS = frozenset({"token-created", "token-revoked"})
 
 Reply = tuple[dict[str, Any], bytes]
 

@@ -37,6 +37,10 @@ def _reachable(path: Path) -> bool:
         sock.close()
 
 
+# sun_path holds 108 bytes, including the terminating NUL.
+_MAX_SOCKET_PATH = 108
+
+
 def _usable_state_dir(state_dir: Path) -> None:
     """Create ``state_dir`` if needed; refuse, naming it, one that cannot be created or written."""
     try:
@@ -45,6 +49,11 @@ def _usable_state_dir(state_dir: Path) -> None:
         raise InputError(f"state directory {state_dir}: {exc.strerror}") from None
     if not os.access(state_dir, os.W_OK | os.X_OK):
         raise InputError(f"state directory {state_dir} is not writable")
+    if len(os.fsencode(socket_path(state_dir))) >= _MAX_SOCKET_PATH:
+        raise InputError(
+            f"state directory {state_dir} is too long a path for the core's Unix socket "
+            f"(at most {_MAX_SOCKET_PATH - len('/core.sock') - 1} bytes): use a shorter one"
+        )
 
 
 class CoreProcess:
