@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,6 +30,9 @@ __all__ = ["postgres_server"]  # a session fixture, shared by every test directo
 # CI runs the suite as root, where `qward serve` would otherwise split into service users that
 # cannot read this interpreter; tests/privsep covers that mode and clears this variable.
 os.environ.setdefault("QWARD_UNSAFE_SINGLE_USER", "1")
+# `qward log verify` remembers the newest checkpoint it verified per log; tests keep that memory
+# out of the user's home.
+os.environ.setdefault("XDG_STATE_HOME", tempfile.mkdtemp(prefix="qward-test-state-"))
 
 
 def example_bytes(name: str) -> bytes:

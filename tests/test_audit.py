@@ -109,4 +109,5 @@ def test_audit_cli(audited: tuple[Served, str, TrustBundle], tmp_path: Path) -> 
     assert checked.returncode == 0 and "3 entries (3 receipts)" in checked.stdout
     bundle.write_bytes(bundle.read_bytes().replace(b'"index":', b'"index" :', 1))
     broken = qward("audit", "verify", str(bundle), "--trust", str(pinned))
-    assert broken.returncode == 1 and "Traceback" not in broken.stderr
+    # Not canonical JSON is a malformed file (exit 2), as for receipts.
+    assert broken.returncode == 2 and "Traceback" not in broken.stderr

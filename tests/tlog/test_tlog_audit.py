@@ -62,7 +62,8 @@ def test_an_honest_log_passes(db: LogDatabase) -> None:
     ticks = iter([10.0, 10.25])
     with db.open() as store:
         report = verify_log(store, origin=ORIGIN, verifiers=VERIFIERS, clock=lambda: next(ticks))
-    assert report == LogAuditReport(entries=22, tree_size=21, checkpoints=5, seconds=0.25)
+    assert report.checkpoints == 5 and report.seconds == 0.25
+    assert (report.entries, report.tree_size, report.trusted) == (22, 21, 0)
 
 
 def test_a_changed_entry_is_caught_by_index(db: LogDatabase) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519, mldsa
 
-from qward.errors import AuditError, InputError
+from qward.errors import AuditError, InputError, VerificationError
 from qward.tlog import merkle
 from qward.tlog.audit import verify_log
 from qward.tlog.backend import LogBackend
@@ -180,8 +180,12 @@ def test_reopening_preserves_everything(log_db: LogDatabase) -> None:
         assert again.inclusion_proof(2, 7) == proof
         assert again.integrate()[0] == 8
         assert again.entry(7) == entry(7)
+        # Integrated but not yet in a signed checkpoint: nothing pins entry 7 yet.
+        with pytest.raises(VerificationError, match="covered by no signed checkpoint"):
+            verify_log(again, origin=ORIGIN, verifiers=VERIFIERS)
+        again.publish(origin=ORIGIN, signers=SIGNERS)
         report = verify_log(again, origin=ORIGIN, verifiers=VERIFIERS)
-        assert (report.entries, report.tree_size, report.checkpoints) == (8, 8, 2)
+        assert (report.entries, report.tree_size, report.checkpoints) == (8, 8, 3)
 
 
 def test_two_connections_to_one_log_take_turns(log_db: LogDatabase) -> None:

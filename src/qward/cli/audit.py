@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+import os
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -54,27 +56,80 @@ LogDatabase = Annotated[
 
 
 @log_app.command("verify")
-def _log_verify(state_dir: StateDir = DEFAULT_STATE, log_database: LogDatabase = None) -> None:
-    """Recompute the whole log from its entries and check every checkpoint."""
+def _log_verify(
+    state_dir: StateDir = DEFAULT_STATE,
+    log_database: LogDatabase = None,
+    trusted: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--trusted", help="A signed checkpoint trusted before (file; repeat for more)."
+        ),
+    ] = None,
+    seen_file: Annotated[
+        Path | None,
+        typer.Option(
+            help="Where this verifier keeps the newest checkpoint it verified (default: "
+            "$XDG_STATE_HOME/qward/seen/<log>.checkpoint); a later, smaller or different log fails."
+        ),
+    ] = None,
+) -> None:
+    """Recompute the whole log from its entries, check every checkpoint, and check it against
+    the checkpoints this verifier trusted before (rollback and rewrite detection)."""
     from qward.tlog.audit import verify_log
 
     trust = trust_bundle(state_dir, None)
+    seen = seen_file or _default_seen_file(trust.origin)
+    notes = [
+        read_limited(str(p), limit=_MAX_NOTE, what="trusted checkpoint") for p in trusted or []
+    ]
+    if seen.exists():
+        notes.append(read_limited(str(seen), limit=_MAX_NOTE, what="seen checkpoint"))
     store = _open_log(state_dir, log_database)
     try:
         witnesses = trust.witness_policy
-        report = verify_log(
-            store,
-            origin=trust.origin,
-            verifiers=trust.log_verifiers,
-            key_sets=trust.log_key_sets,
-            cosigners=witnesses.witnesses if isinstance(witnesses, Quorum) else (),
-        )
+        with working("recomputing the log"):
+            report = verify_log(
+                store,
+                origin=trust.origin,
+                verifiers=trust.log_verifiers,
+                key_sets=trust.log_key_sets,
+                cosigners=witnesses.witnesses if isinstance(witnesses, Quorum) else (),
+                trusted=notes,
+            )
     finally:
         store.close()
+    _remember(seen, report.latest)
+    pending = report.entries - report.tree_size
     console.print(
         f"[green]OK[/green] {report.entries} entries, {report.checkpoints} checkpoints "
-        f"verified in {report.seconds:.3f} s"
+        f"verified in {report.seconds:.3f} s; consistent with {report.trusted} checkpoints "
+        f"trusted before" + (f"; {pending} entries await integration" if pending else "")
     )
+
+
+_MAX_NOTE = 64 * 1024
+
+
+def _default_seen_file(origin: str) -> Path:
+    base = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
+    return (
+        base / "qward" / "seen" / f"{hashlib.sha256(origin.encode()).hexdigest()[:32]}.checkpoint"
+    )
+
+
+def _remember(path: Path, note: bytes) -> None:
+    """Keep the newest verified checkpoint, as a witness keeps its latest (written atomically)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        partial = path.with_name(f".{path.name}.{os.getpid()}")
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(note)
+        os.replace(partial, path)
+    except OSError as exc:
+        raise InputError(
+            f"cannot remember the verified checkpoint in {path}: {exc.strerror}"
+        ) from None
 
 
 def _open_log(state_dir: Path, log_database: str | None = None) -> LogBackend:

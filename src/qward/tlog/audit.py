@@ -35,12 +35,14 @@ __all__ = ["LogAuditReport", "verify_log"]
 
 @dataclass(frozen=True, kw_only=True)
 class LogAuditReport:
-    """What a successful audit covered."""
+    """What a successful audit covered; ``latest`` is the newest signed checkpoint (the note)."""
 
     entries: int
     tree_size: int
     checkpoints: int
     seconds: float
+    latest: bytes
+    trusted: int = 0
 
 
 def _check_entries(store: LogBackend, tree_size: int) -> int:
@@ -168,8 +170,9 @@ def _check_checkpoints(
     origin: str,
     key_sets: Sequence[Sequence[NoteVerifier]],
     cosigners: Sequence[NoteVerifier],
-) -> int:
-    """Step 3: signatures, roots against the verified tree, consistency, and dense numbering."""
+) -> tuple[int, tuple[bytes, Checkpoint] | None]:
+    """Step 3: signatures, roots against the verified tree, consistency, and dense numbering.
+    Returns the number of checkpoints and the latest one."""
     previous: tuple[bytes, Checkpoint] | None = None
     count, renumbered = 0, None
     for count, (number, ids, note) in enumerate(store.checkpoint_rows(), start=1):
@@ -191,7 +194,62 @@ def _check_checkpoints(
     # A gap means a checkpoint row was deleted; reported last, so that a reordering shows as such.
     if renumbered is not None:
         raise VerificationError(f"checkpoint numbers are not dense: {renumbered}")
-    return count
+    return count, previous
+
+
+def _check_latest_covers(
+    latest: tuple[bytes, Checkpoint] | None, size: int
+) -> tuple[bytes, Checkpoint]:
+    """Step 4: a signed checkpoint must exist and cover the whole integrated tree.
+
+    Without it nothing pins the entries: whoever can write the database could rewrite them and
+    recompute every hash. A tree larger than the latest checkpoint is as unpinned in its tail,
+    so it fails too (a running core publishes a checkpoint within about a second of an append).
+    Entries sequenced but not yet integrated are in no tree; the report counts them.
+    """
+    if latest is None:
+        raise VerificationError(
+            f"the log's tree has {size} entries but no signed checkpoint: nothing pins them"
+        )
+    checkpoint = latest[1]
+    if checkpoint.size != size:
+        raise VerificationError(
+            f"{size - checkpoint.size} entries after the latest checkpoint (size "
+            f"{checkpoint.size}) are covered by no signed checkpoint (if a core is running, "
+            "verify again in a second)"
+        )
+    return latest
+
+
+def _check_trusted(
+    trusted: Sequence[bytes],
+    latest: tuple[bytes, Checkpoint],
+    store: LogBackend,
+    *,
+    origin: str,
+    key_sets: Sequence[Sequence[NoteVerifier]],
+) -> None:
+    """Step 5: every checkpoint the verifier trusted before (seen earlier, or given) must be a
+    prefix of this log: a smaller log is a rollback, a different root a rewrite."""
+    newest_note, newest = latest
+    for note in trusted:
+        old = _open_checkpoint(note, 0, origin=origin, key_sets=key_sets)
+        if old.size > newest.size:
+            raise LogInconsistencyError(
+                f"the log was rolled back: a trusted checkpoint has size {old.size}, the log's "
+                f"latest only {newest.size}",
+                older=note,
+                newer=newest_note,
+                proof=(),
+            )
+        if old.size and merkle.root_from_node_getter(old.size, store.node) != old.root_hash:
+            raise LogInconsistencyError(
+                f"the log was rewritten: its tree at size {old.size} differs from the trusted "
+                "checkpoint of that size",
+                older=note,
+                newer=newest_note,
+                proof=merkle.consistency_proof(old.size, newest.size, store.node),
+            )
 
 
 def _check_consistent(
@@ -225,6 +283,7 @@ def verify_log(
     verifiers: Sequence[NoteVerifier],
     key_sets: Sequence[Sequence[NoteVerifier]] | None = None,
     cosigners: Sequence[NoteVerifier] = (),
+    trusted: Sequence[bytes] = (),
     clock: Callable[[], float] = time.perf_counter,
 ) -> LogAuditReport:
     """Audit the whole log in ``store``; raise a ``VerificationError`` naming the first fault.
@@ -240,6 +299,10 @@ def verify_log(
        signer list, check its root against the verified tree at its size, verify an RFC 9162
        consistency proof between each checkpoint and the next, and require the checkpoints to be
        numbered 1, 2, ... without gaps.
+    4. Require a latest checkpoint, covering every stored entry.
+    5. Check each ``trusted`` checkpoint (signed notes the verifier saw or was given before):
+       the log must not be smaller (rollback) and its tree at that size must have that root
+       (rewrite); the error carries both checkpoints.
     """
     if not verifiers:
         raise InputError("a log audit needs at least one trusted log key")
@@ -248,7 +311,16 @@ def verify_log(
     entries = _check_entries(store, size)
     _check_nodes(store, size)
     sets = key_sets if key_sets is not None else (verifiers,)
-    checkpoints = _check_checkpoints(store, size, origin=origin, key_sets=sets, cosigners=cosigners)
+    checkpoints, found = _check_checkpoints(
+        store, size, origin=origin, key_sets=sets, cosigners=cosigners
+    )
+    latest = _check_latest_covers(found, size)
+    _check_trusted(trusted, latest, store, origin=origin, key_sets=sets)
     return LogAuditReport(
-        entries=entries, tree_size=size, checkpoints=checkpoints, seconds=clock() - started
+        entries=entries,
+        tree_size=size,
+        checkpoints=checkpoints,
+        seconds=clock() - started,
+        latest=latest[0],
+        trusted=len(trusted),
     )

@@ -22,7 +22,7 @@ from contextlib import AbstractContextManager, contextmanager
 from types import TracebackType
 from typing import Any, ClassVar, Self
 
-from qward.errors import AuditError, InputError, ProofError
+from qward.errors import AuditError, InputError, ProofError, VerificationError
 from qward.tlog import merkle
 from qward.tlog.backend import check_entries, note_checkpoint, signer_ids
 from qward.tlog.checkpoint import Checkpoint
@@ -34,6 +34,13 @@ SCHEMA_VERSION = 1
 _BATCH = 512
 
 Row = tuple[Any, ...]
+
+
+def _blob(value: object, what: str) -> bytes:
+    """A stored byte string; a row edited to hold anything else is tampering, said as such."""
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value)
+    raise VerificationError(f"{what} is stored as {type(value).__name__}, not bytes")
 
 
 class _Guard:
@@ -323,13 +330,17 @@ class SQLLogStore(ABC):
         """(number, signer ids, signed note) of every stored checkpoint, in number order."""
         query = "SELECT seq, signers, note FROM checkpoints WHERE seq > ? ORDER BY seq LIMIT ?"
         for number, ids, note in self._batches(query):
-            yield int(number), str(ids), bytes(note)
+            yield int(number), str(ids), _blob(note, f"checkpoint #{number}")
 
     def entries_with_leaf_hashes(self) -> Iterator[tuple[int, bytes, bytes]]:
         """(index, entry, stored leaf hash) for every sequenced entry, in index order."""
         query = "SELECT idx, data, leaf_hash FROM entries WHERE idx > ? ORDER BY idx LIMIT ?"
         for index, data, stored in self._batches(query):
-            yield int(index), bytes(data), bytes(stored)
+            yield (
+                int(index),
+                _blob(data, f"log entry {index}"),
+                _blob(stored, f"leaf hash of entry {index}"),
+            )
 
     def node_rows(self) -> Iterator[tuple[int, int, bytes]]:
         """(level, index, hash) for every stored node row of level 1 and up, level by level."""
@@ -355,7 +366,7 @@ class SQLLogStore(ABC):
                 level,
             )
         for index, value in rows:
-            yield int(index), bytes(value)
+            yield int(index), _blob(value, f"log node ({level}, {index})")
 
     def _batches(self, query: str, *params: object) -> Iterator[Row]:
         """Rows of ``query`` in key order, a batch per lock hold.
