@@ -5,11 +5,35 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import pytest
+from public.serving import start_app, stop_app
+
+from qward.public.auth import TOKEN_FILE, TokenStore
+from qward.sdk.core_process import CoreProcess
 
 from conftest import Served
+
+
+@pytest.fixture(scope="module")
+def public_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    """The schema is served only with ``docs=True`` (off by default, issue 10.7)."""
+    state = tmp_path_factory.mktemp("schema")
+    core = CoreProcess.start(state)
+    token = TokenStore(state / TOKEN_FILE).create(role="admin", models=())[0]
+    proc = start_app(state, docs=True, allow_model_upload=True)
+    yield Served(
+        proc=proc,
+        url=proc.url,  # type: ignore[attr-defined]
+        state=state,
+        headers={"Authorization": f"Bearer {token}"},
+        token=token,
+    )
+    stop_app(proc)
+    core.stop()
 
 
 def test_openapi_schema_is_served(public_url: Served) -> None:

@@ -25,6 +25,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Served, d
     tokens = {
         "iris-client": store.create(role="client", models=("iris",))[0],
         "other-client": store.create(role="client", models=("other",))[0],
+        # Refused only once: a source's first refusal in an interval is logged at once, later
+        # ones are aggregated (issue 10.6, tests/public/test_refusal_flood.py).
+        "refused-once": store.create(role="client", models=("other",))[0],
         "auditor": store.create(role="auditor", models=())[0],
     }
     served = start_serve(state)
@@ -69,7 +72,8 @@ def test_no_or_unknown_token_is_401(server: tuple[Served, dict[str, str]]) -> No
         reply = _infer(served.url, token)
         assert reply.status_code == 401
         assert reply.headers["www-authenticate"] == "Bearer"
-    assert httpx.get(served.url + "/log/checkpoint").status_code == 401
+    # The public log is open to monitors by default (issue 17); tests/public covers the setting.
+    assert httpx.get(served.url + "/log/checkpoint").status_code == 200
 
 
 def test_roles_and_models(server: tuple[Served, dict[str, str]]) -> None:
@@ -79,7 +83,7 @@ def test_roles_and_models(server: tuple[Served, dict[str, str]]) -> None:
     assert _infer(served.url, tokens["auditor"]).status_code == 403
     log = served.url + "/log/checkpoint"
     assert httpx.get(log, headers=_bearer(tokens["auditor"])).status_code == 200
-    assert httpx.get(log, headers=_bearer(tokens["iris-client"])).status_code == 403
+    assert httpx.get(log, headers=_bearer(tokens["iris-client"])).status_code == 200
     index = served.url + "/v2/repository/index"
     assert httpx.post(index, headers=_bearer(tokens["iris-client"])).status_code == 403
     assert httpx.post(index, headers=served.headers).status_code == 200
@@ -90,11 +94,11 @@ def test_refused_request_executes_nothing_and_is_logged(
 ) -> None:
     served, tokens = server
     before = _entries(served.state)
-    assert _infer(served.url, tokens["other-client"]).status_code == 403
+    assert _infer(served.url, tokens["refused-once"]).status_code == 403
     new = _entries(served.state)[len(before) :]
     assert [e["type"] for e in new] == ["qward/access/v1"]
     assert new[0]["decision"] == "deny-403" and new[0]["path"] == "/v2/models/iris/infer"
-    assert str(tokens["other-client"]) not in json.dumps(new)  # the token itself is never logged
+    assert str(tokens["refused-once"]) not in json.dumps(new)  # the token itself is never logged
 
 
 def test_allowed_request_is_logged_before_it_runs(server: tuple[Served, dict[str, str]]) -> None:
@@ -126,9 +130,11 @@ def test_upload_is_off_unless_enabled(tmp_path: Path) -> None:
 
 
 def test_operations_endpoints_are_open(server: tuple[Served, dict[str, str]]) -> None:
-    served, _ = server
+    served, tokens = server
     assert httpx.get(served.url + "/livez").json() == {"status": "live"}
     assert httpx.get(served.url + "/readyz").json() == {"status": "ready"}
-    metrics = httpx.get(served.url + "/metrics").text
+    # /metrics needs an auditor or admin token by default (issue 10.7).
+    assert httpx.get(served.url + "/metrics").status_code == 401
+    metrics = httpx.get(served.url + "/metrics", headers=_bearer(tokens["auditor"])).text
     assert 'qward_http_requests_total{method="POST",route="/v2/models/{name}/infer"' in metrics
     assert "qward_http_request_seconds_bucket" in metrics

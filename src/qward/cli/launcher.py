@@ -70,6 +70,7 @@ class ServeOptions:
     example_model: bool = True
     allow_degraded_isolation: bool = False
     max_output_bytes: int | None = None
+    public_flags: tuple[str, ...] = ()
 
 
 def public_environment(environ: dict[str, str] | os._Environ[str]) -> dict[str, str]:
@@ -239,6 +240,7 @@ class Launcher:
             argv += ["--allow-model-upload"]
         if opts.unsafe_no_auth:
             argv += ["--unsafe-no-auth"]
+        argv += list(opts.public_flags)
         if self.privileged:
             api = self._users["api"]
             argv += ["--user", f"{api.uid}:{api.gid}"]

@@ -203,6 +203,19 @@ def _serve(
             help="Without --model-repository, serve the bundled iris model as 'iris-mlp'.",
         ),
     ] = True,
+    docs: Annotated[
+        bool, typer.Option("--docs", help="Serve the API schema (/docs, /openapi.json).")
+    ] = False,
+    metrics_without_token: Annotated[
+        bool, typer.Option("--metrics-without-token", help="Open /metrics to everyone.")
+    ] = False,
+    log_requires_token: Annotated[
+        bool,
+        typer.Option("--log-requires-token", help="Checkpoints and tiles for auditor tokens only."),
+    ] = False,
+    no_access_log: Annotated[
+        bool, typer.Option("--no-access-log", help="No log line per HTTP request.")
+    ] = False,
     allow_degraded_isolation: Annotated[
         bool,
         typer.Option(
@@ -246,5 +259,15 @@ def _serve(
         example_model=example_model,
         allow_degraded_isolation=allow_degraded_isolation,
         max_output_bytes=max_output_bytes,
+        public_flags=tuple(
+            flag
+            for flag, on in (
+                ("--docs", docs),
+                ("--metrics-without-token", metrics_without_token),
+                ("--log-requires-token", log_requires_token),
+                ("--no-access-log", no_access_log),
+            )
+            if on
+        ),
     )
     raise typer.Exit(Launcher(options).run())

@@ -8,6 +8,7 @@ checkpoint covering it has been published.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import secrets
 from collections.abc import Callable
@@ -436,6 +437,13 @@ class CoreService:
 
     def op_unload_model(self, header: dict[str, Any], payload: bytes) -> Reply:
         entry = self._models.get(str(header.get("model_sha256")))
+        if header.get("reload") is True:
+            # Undo an unload from the sealed copy the core kept (no model repository needed).
+            with entry.lock:
+                entry.unloaded = False
+            self._models.ensure_workers(entry, self._opener(self._src.token(), entry.content_type))
+            self.log_admin("model-loaded", model_sha256=entry.model_sha256, name=entry.name)
+            return {"ok": True}, b""
         self._models.unload(entry)
         self.log_admin("model-unloaded", model_sha256=entry.model_sha256, name=entry.name)
         return {"ok": True}, b""
@@ -447,18 +455,17 @@ class CoreService:
             v is None or isinstance(v, str) for v in (token_id, role)
         ):
             raise InputError("access record fields must be strings")
-        self._auditor.record(
-            [
-                access_entry(
-                    token_id=token_id,
-                    role=role,
-                    method=str(method),
-                    path=str(path),
-                    decision=str(decision),
-                    at=self._now(),
-                )
-            ]
+        entry = access_entry(
+            token_id=token_id,
+            role=role,
+            method=str(method),
+            path=str(path),
+            decision=str(decision),
+            at=self._now(),
         )
+        if "count" in header:
+            entry = _aggregate_access(entry, header)
+        self._auditor.record([entry])
         return {"ok": True}, b""
 
     def op_record_admin(self, header: dict[str, Any], payload: bytes) -> Reply:
@@ -525,6 +532,27 @@ def _parameters(value: object) -> dict[str, Any]:
     if len(canonical_json(value)) > _MAX_PARAMETERS_BYTES:
         raise InputError(f"parameters are over the {_MAX_PARAMETERS_BYTES} byte limit")
     return value
+
+
+_HEX64 = frozenset("0123456789abcdef")
+
+
+def _aggregate_access(entry: bytes, header: dict[str, Any]) -> bytes:
+    """An access record standing for ``count`` refused calls from one source (issue 10.6): the
+    public server aggregates refusals so that a flood of them cannot flood the log."""
+    count, digest = header.get("count"), header.get("digest")
+    first_at, last_at = header.get("first_at"), header.get("last_at")
+    if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= 2**40:
+        raise InputError("access record count must be a positive integer")
+    if not all(isinstance(t, str) and 0 < len(t) <= 40 for t in (first_at, last_at)):
+        raise InputError("access record first_at and last_at must be timestamps")
+    if not isinstance(digest, str) or len(digest) != 64 or not set(digest) <= _HEX64:
+        raise InputError("access record digest must be a SHA-256 in lowercase hex")
+    if not str(header.get("decision")).startswith("deny-"):
+        raise InputError("only refused calls are aggregated")
+    record = json.loads(entry)
+    record.update(count=count, first_at=first_at, last_at=last_at, digest=digest)
+    return canonical_json(record)
 
 
 def _int(header: dict[str, Any], key: str) -> int:

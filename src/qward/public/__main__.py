@@ -25,6 +25,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model-repository", type=Path)
     parser.add_argument("--allow-model-upload", action="store_true")
     parser.add_argument("--unsafe-no-auth", action="store_true")
+    parser.add_argument("--docs", action="store_true", help="serve /docs and /openapi.json")
+    parser.add_argument("--metrics-without-token", action="store_true")
+    parser.add_argument("--log-requires-token", action="store_true")
+    parser.add_argument("--no-access-log", action="store_true", help="no line per request")
     parser.add_argument("--user", type=parse_uid_gid, help="UID:GID to drop to (started as root)")
     parser.add_argument("--exit-with-parent", action="store_true")
     args = parser.parse_args(argv)
@@ -43,11 +47,20 @@ def main(argv: list[str] | None = None) -> int:
             model_repository=args.model_repository,
             allow_model_upload=args.allow_model_upload,
             unsafe_no_auth=args.unsafe_no_auth,
+            docs=args.docs,
+            metrics_requires_token=not args.metrics_without_token,
+            log_requires_token=args.log_requires_token,
         )
     except QwardError as exc:
         print(f"qward public: {exc}", file=sys.stderr)
         return 2
-    uvicorn.run(api, host=args.host, port=args.port, log_level="info")
+    uvicorn.run(
+        api,
+        host=args.host,
+        port=args.port,
+        log_level="info",
+        access_log=not args.no_access_log,
+    )
     return 0
 
 

@@ -3,14 +3,18 @@
 ``AccessControl`` is ASGI middleware: it authenticates the bearer token, decides by role and model,
 and asks the core to log the decision *before* the request runs (fail closed: no log entry, no
 request). A refused call gets 401 (no or unknown token) or 403 (wrong role or model) and reaches
-no handler. Only liveness, readiness, metrics and the API schema are open without a token.
+no handler. Liveness and readiness are open without a token; metrics, the API schema and the
+public log's tiles are open or not by setting (``AccessPolicy``). Refusals on ``/v2`` carry the V2
+error body ``{"error": "<message>"}`` so that stock V2 clients can print them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -20,11 +24,16 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from qward.core_api import CoreInterface
 from qward.errors import QwardError
 from qward.public.auth import Principal, TokenStore
+from qward.public.ratelimit import RateLimiter
+from qward.public.refusals import RefusalAggregator
 from qward.sdk.core_client import AsyncCoreClient
 
-__all__ = ["AccessControl", "Rule", "rule_for"]
+__all__ = ["AccessControl", "AccessPolicy", "Rule", "rule_for"]
 
-_OPEN = re.compile(r"^/(livez|readyz|metrics|docs|openapi\.json|v2/health/(live|ready)|v2)$")
+_OPEN = re.compile(r"^/(livez|readyz|v2/health/(live|ready)|v2)$")
+_DOCS = re.compile(r"^/(docs|docs/oauth2-redirect|redoc|openapi\.json)$")
+# The C2SP tlog-tiles read paths: digests and ids only, no secrets, so monitors may read them.
+_PUBLIC_LOG = re.compile(r"^/log/(checkpoint|tile/.*)$")
 _V2_MODEL = re.compile(r"^/v2/models/([^/]+)(/.*)?$")
 _V1_INFER = re.compile(r"^/v1/models/([0-9a-f]{64})/infer$")
 # Only token ids may reach the log: a bearer token pasted into a URL path by mistake is redacted
@@ -42,10 +51,27 @@ class Rule:
     upload: bool = False
 
 
-def rule_for(method: str, path: str) -> Rule | None:
+@dataclass(frozen=True, kw_only=True)
+class AccessPolicy:
+    """Which of the optional endpoints need a token; the defaults suit a production server."""
+
+    metrics_requires_token: bool = True
+    docs: bool = False
+    log_requires_token: bool = False
+
+
+_AUDITORS = ("auditor", "admin")
+
+
+def rule_for(method: str, path: str, policy: AccessPolicy | None = None) -> Rule | None:
     """The rule for a request, or None when the endpoint is open to everyone."""
-    if _OPEN.match(path):
+    policy = policy or AccessPolicy()
+    if _OPEN.match(path) or (policy.docs and _DOCS.match(path)):
         return None
+    if path == "/metrics":
+        return Rule(roles=_AUDITORS) if policy.metrics_requires_token else None
+    if _PUBLIC_LOG.match(path):
+        return Rule(roles=_AUDITORS) if policy.log_requires_token else None
     if match := _V2_MODEL.match(path):
         return Rule(roles=("client", "admin"), model=match.group(1))
     if match := _V1_INFER.match(path):
@@ -78,8 +104,16 @@ class AccessControl:
         core: CoreInterface,
         recorder: AsyncCoreClient,
         allow_model_upload: bool,
+        policy: AccessPolicy | None = None,
+        refusals: RefusalAggregator | None = None,
+        per_token: RateLimiter | None = None,
+        per_address: RateLimiter | None = None,
     ) -> None:
+        self._per_token = per_token or RateLimiter(rate=1000, burst=2000)
+        self._per_address = per_address or RateLimiter(rate=1000, burst=2000)
         self._app = app
+        self._refusals = refusals or RefusalAggregator(recorder)
+        self._policy = policy or AccessPolicy()
         self._tokens = tokens
         self._core = core
         self._recorder = recorder
@@ -90,31 +124,61 @@ class AccessControl:
             await self._app(scope, receive, send)
             return
         request = Request(scope)
-        rule = rule_for(request.method, request.url.path)
+        client = scope.get("client")
+        address = str(client[0]) if client else "-"
+        if (wait := self._per_address.take(address)) > 0:
+            # Counted like any refusal; the answer is 429 whether or not the log takes it.
+            with contextlib.suppress(QwardError):
+                await self._refusals.refuse(
+                    address=address,
+                    token_id=None,
+                    role=None,
+                    method=request.method,
+                    path=_TOKEN_IN_PATH.sub("qwt_[redacted]", request.url.path),
+                    decision="deny-429",
+                )
+            await _busy(wait)(scope, receive, send)
+            return
+        rule = rule_for(request.method, request.url.path, self._policy)
         if rule is None:
             await self._app(scope, receive, send)
             return
+        v2 = request.url.path == "/v2" or request.url.path.startswith("/v2/")
         principal = self._tokens.authenticate(_bearer(request))
         # Only a rule that names a model by digest needs the core (a blocking call) to decide.
-        if rule.model_sha256 is None:
+        if principal is not None and (wait := self._per_token.take(principal.token_id)) > 0:
+            status, reason = 429, f"rate limit for this token exceeded; retry in {wait:.1f} s"
+        elif rule.model_sha256 is None:
             status, reason = self._decide(rule, principal)
         else:
             status, reason = await run_in_threadpool(self._decide, rule, principal)
+        token_id = principal.token_id if principal else None
+        role = principal.role if principal else None
+        path = _TOKEN_IN_PATH.sub("qwt_[redacted]", request.url.path)
         try:
-            await self._recorder.record_access(
-                token_id=principal.token_id if principal else None,
-                role=principal.role if principal else None,
-                method=request.method,
-                path=_TOKEN_IN_PATH.sub("qwt_[redacted]", request.url.path),
-                decision="allow" if status == 200 else f"deny-{status}",
-            )
+            if status == 200:
+                await self._recorder.record_access(
+                    token_id=token_id, role=role, method=request.method, path=path, decision="allow"
+                )
+            else:
+                # Refusals are aggregated per source so that a flood of them is one record.
+                await self._refusals.refuse(
+                    address=address,
+                    token_id=token_id,
+                    role=role,
+                    method=request.method,
+                    path=path,
+                    decision=f"deny-{status}",
+                )
         except QwardError as exc:
-            await _error(503, f"the audit log is unavailable ({exc.code}); nothing was executed")(
-                scope, receive, send
-            )
+            reason = f"the audit log is unavailable ({exc.code}); nothing was executed"
+            await _error(503, reason, v2=v2)(scope, receive, send)
+            return
+        if status == 429:
+            await _busy(wait, reason, v2=v2)(scope, receive, send)
             return
         if status != 200:
-            await _error(status, reason)(scope, receive, send)
+            await _error(status, reason, v2=v2)(scope, receive, send)
             return
         # Handlers record who asked (the token id, never the token) in the run's parameters.
         scope.setdefault("state", {})["qward_caller"] = principal.token_id if principal else None
@@ -138,18 +202,32 @@ class AccessControl:
         return 200, ""
 
 
-def _error(status: int, message: str) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
+def _busy(
+    wait: float, message: str = "", *, v2: bool = False
+) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
+    message = message or f"rate limit for this address exceeded; retry in {wait:.1f} s"
+    code = "rate_limited"
+    body: dict[str, Any] = (
+        {"error": f"{code}: {message}"} if v2 else {"error": {"code": code, "message": message}}
+    )
+    headers = {"Retry-After": RateLimiter.retry_after(wait)}
+    response: Response = JSONResponse(body, status_code=429, headers=headers)
+    return response
+
+
+_CODES = {401: "unauthorized", 403: "forbidden", 429: "rate_limited"}
+
+
+def _error(
+    status: int, message: str, *, v2: bool = False
+) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
+    code = _CODES.get(status, "audit_unavailable")
+    # V2 clients (tritonclient) read ``error`` as a string; /v1 keeps its structured error.
+    body: dict[str, Any] = (
+        {"error": f"{code}: {message}"} if v2 else {"error": {"code": code, "message": message}}
+    )
     response: Response = JSONResponse(
-        {
-            "error": {
-                "code": "unauthorized"
-                if status == 401
-                else "forbidden"
-                if status == 403
-                else "audit_unavailable",
-                "message": message,
-            }
-        },
+        body,
         status_code=status,
         headers={"WWW-Authenticate": "Bearer"} if status == 401 else None,
     )

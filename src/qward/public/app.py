@@ -8,12 +8,15 @@ no internals.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
 
 from qward import __version__
 from qward.encoding import b64encode, parse_canonical_json
@@ -28,9 +31,12 @@ from qward.errors import (
     UnknownKeyError,
     VerificationError,
 )
-from qward.public.access import AccessControl
+from qward.public.access import AccessControl, AccessPolicy
 from qward.public.auth import TOKEN_FILE, TokenStore
 from qward.public.observability import Metrics, MetricsMiddleware, health_router
+from qward.public.ratelimit import RateLimiter
+from qward.public.refusals import RefusalAggregator
+from qward.public.trust_source import TrustSource, check_receipt
 from qward.public.v2 import ModelRepository, v2_router
 from qward.sdk.core_client import AsyncCoreClient, CoreClient
 from qward.sdk.core_process import socket_path
@@ -61,20 +67,61 @@ async def _body(request: Request, limit: int = _MAX_BODY) -> bytes:
     return b"".join(chunks)
 
 
+def _plain_error(
+    request: Request, status: int, message: str, headers: dict[str, str] | None
+) -> JSONResponse:
+    code = {404: "not_found", 405: "method_not_allowed"}.get(status, "bad_request")
+    if request.url.path == "/v2" or request.url.path.startswith("/v2/"):
+        return JSONResponse({"error": f"{code}: {message}"}, status_code=status, headers=headers)
+    body = {"error": {"code": code, "message": message}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
 def create_app(
     state_dir: Path,
     *,
     model_repository: Path | None = None,
     allow_model_upload: bool = False,
     unsafe_no_auth: bool = False,
+    metrics_requires_token: bool = True,
+    docs: bool = False,
+    log_requires_token: bool = False,
+    max_concurrent_inferences: int | None = None,
+    inference_queue_timeout: float = 2.0,
+    refusal_interval: float = 10.0,
+    max_refusal_sources: int = 1024,
+    rate_per_token: float = 1000.0,
+    burst_per_token: float = 2000.0,
+    rate_per_address: float = 1000.0,
+    burst_per_address: float = 2000.0,
 ) -> FastAPI:
     """The public API in front of the core listening in ``state_dir``.
 
     Token authentication is on unless ``unsafe_no_auth`` (for tests and local experiments only);
     tokens live in ``<state_dir>/tokens.json``. Sealed models in ``model_repository`` are loaded
     at start; uploads through ``POST /v1/models`` are refused unless ``allow_model_upload``.
+    ``/metrics`` needs an auditor or admin token unless ``metrics_requires_token`` is False; the
+    API schema (``/docs``, ``/redoc``, ``/openapi.json``) is served only when ``docs``; the public
+    log's checkpoint and tiles are open unless ``log_requires_token``. At most
+    ``max_concurrent_inferences`` (default: twice the CPU count) V2 inferences run at once; more
+    wait up to ``inference_queue_timeout`` seconds, then are answered 503 with ``Retry-After``.
+    Refused calls are logged per source at most once per ``refusal_interval`` seconds plus one
+    aggregate record (``max_refusal_sources`` tracked).
+    Each token and each client address may make ``rate_per_*`` calls per second with bursts of
+    ``burst_per_*``; beyond that the answer is 429 with ``Retry-After``.
     """
-    app = FastAPI(title="qward", version=__version__)
+    app = FastAPI(
+        title="qward",
+        version=__version__,
+        docs_url="/docs" if docs else None,
+        redoc_url="/redoc" if docs else None,
+        openapi_url="/openapi.json" if docs else None,
+    )
+    policy = AccessPolicy(
+        metrics_requires_token=metrics_requires_token,
+        docs=docs,
+        log_requires_token=log_requires_token,
+    )
     core = CoreClient(socket_path(state_dir))
     # The per-request calls (access records, inferences) await the core on the event loop.
     hot = AsyncCoreClient(socket_path(state_dir))
@@ -87,12 +134,28 @@ def create_app(
             core=core,
             recorder=hot,
             allow_model_upload=allow_model_upload,
+            policy=policy,
+            refusals=RefusalAggregator(
+                hot, interval=refusal_interval, max_sources=max_refusal_sources
+            ),
+            per_token=RateLimiter(rate=rate_per_token, burst=burst_per_token),
+            per_address=RateLimiter(rate=rate_per_address, burst=burst_per_address),
         )
     app.include_router(health_router(core, metrics))
+    trust_source = TrustSource(core)
     repository = ModelRepository(model_repository) if model_repository else None
     if repository is not None:
         repository.load_all(core)
-    app.include_router(v2_router(core, core.trust(), repository, runner=hot))
+    app.include_router(
+        v2_router(
+            core,
+            trust_source,
+            repository,
+            runner=hot,
+            max_concurrent=max_concurrent_inferences or 2 * (os.cpu_count() or 1),
+            queue_timeout=inference_queue_timeout,
+        )
+    )
 
     @app.exception_handler(QwardError)
     async def _qward_error(request: Request, exc: QwardError) -> JSONResponse:
@@ -102,10 +165,25 @@ def create_app(
             return JSONResponse({"error": f"{exc.code}: {exc}"}, status_code=status)
         return JSONResponse({"error": {"code": exc.code, "message": str(exc)}}, status_code=status)
 
+    @app.exception_handler(HTTPException)
+    async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        # Unknown routes and wrong methods: the V2 body is a string, /v1 keeps code + message.
+        return _plain_error(
+            request, exc.status_code, str(exc.detail), dict(exc.headers or {}) or None
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        where = "; ".join(
+            f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', 'invalid')}"
+            for e in exc.errors()[:5]
+        )
+        return _plain_error(request, 400, f"invalid request ({where})", None)
+
     @app.get("/v1/trust")
     def trust() -> Response:
         """The core's public keys: seal to ``hpke_recipient``, verify with the rest."""
-        return Response(core.trust().to_bytes(), media_type="application/json")
+        return Response(trust_source.current().to_bytes(), media_type="application/json")
 
     @app.post("/v1/models")
     async def register(request: Request, name: Annotated[str, Query(max_length=200)]) -> Any:
@@ -128,6 +206,8 @@ def create_app(
         caller = getattr(request.state, "qward_caller", None)
         parameters = {"qward_caller": caller} if caller else {}
         result = await hot.run(model_sha256, sealed, seed=seed, parameters=parameters)
+        # Never a 200 with a receipt that would fail `qward verify` (e.g. no witness quorum).
+        await run_in_threadpool(lambda: check_receipt(result.receipt, trust_source.current()))
         return {
             "outputs": tensors_to_json(result.outputs),
             "parameters": {"receipt_id": result.receipt_id, "log_index": result.log_index},

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +23,12 @@ from qward.core_api import (
     error_from_reply,
 )
 from qward.encoding import b64decode, b64encode
-from qward.errors import CoreUnavailableError
-from qward.framing import encode_frame, read_frame_async, recv_frame, send_frame
+from qward.errors import CoreUnavailableError, InputError
+from qward.framing import MAX_HEADER_BYTES, encode_frame, read_frame_async, recv_frame
 from qward.receipts.trust import TrustBundle
 from qward.tensors import Tensor, decode_tensors, encode_tensors
 
-__all__ = ["AsyncCoreClient", "CoreClient"]
+__all__ = ["AccessAggregate", "AsyncCoreClient", "CoreClient"]
 
 
 def _model_info(header: dict[str, Any]) -> ModelInfo:
@@ -58,6 +59,28 @@ def _run_result(reply: dict[str, Any], body: bytes) -> RunResult:
         receipt_id=reply["receipt_id"],
         log_index=reply["log_index"],
     )
+
+
+@dataclass(frozen=True, kw_only=True)
+class AccessAggregate:
+    """Refused calls from one source in one interval, logged as one access record."""
+
+    count: int
+    first_at: str
+    last_at: str
+    digest: str
+
+
+def _frame(header: dict[str, Any], payload: bytes) -> bytes:
+    """The request frame, refused here when its header is over the core's limit: that is the
+    caller's input being too large (``InputError``), not the core being unavailable."""
+    frame = encode_frame(header, payload)
+    head_len = int.from_bytes(frame[:4], "big")
+    if head_len > MAX_HEADER_BYTES:
+        raise InputError(
+            f"request header of {head_len} bytes is over the core's {MAX_HEADER_BYTES} byte limit"
+        )
+    return frame
 
 
 def _access_header(
@@ -104,9 +127,10 @@ class CoreClient:
 
     def call(self, header: dict[str, Any], payload: bytes = b"") -> tuple[dict[str, Any], bytes]:
         """Send one request and return the reply; a reported error is raised."""
+        frame = _frame(header, payload)
         sock = self._connect()
         try:
-            send_frame(sock, header, payload)
+            sock.sendall(frame)
             reply, body = recv_frame(sock, max_payload=MAX_FRAME_PAYLOAD)
         except (OSError, EOFError) as exc:
             sock.close()
@@ -185,9 +209,16 @@ class CoreClient:
         reply, _ = self.call({"op": "models"})
         return list(reply["models"])
 
-    def unload_model(self, model_sha256: str) -> None:
-        """Stop a model's worker; it stays registered but refuses runs until loaded again."""
-        self.call({"op": "unload_model", "model_sha256": model_sha256})
+    def unload_model(self, model_sha256: str, *, reload: bool = False) -> None:
+        """Stop a model's worker; it stays registered but refuses runs until loaded again.
+
+        With ``reload`` the unload is undone: the core starts the model's workers again from the
+        sealed copy it kept, so no model repository is needed.
+        """
+        header: dict[str, Any] = {"op": "unload_model", "model_sha256": model_sha256}
+        if reload:
+            header["reload"] = True
+        self.call(header)
 
     def record_access(
         self, *, token_id: str | None, role: str | None, method: str, path: str, decision: str
@@ -253,9 +284,10 @@ class AsyncCoreClient:
         self, header: dict[str, Any], payload: bytes = b""
     ) -> tuple[dict[str, Any], bytes]:
         """Send one request and await the reply; a reported error is raised."""
+        frame = _frame(header, payload)
         reader, writer = await self._connect()
         try:
-            writer.write(encode_frame(header, payload))
+            writer.write(frame)
             await writer.drain()
             reply, body = await asyncio.wait_for(
                 read_frame_async(reader, max_payload=MAX_FRAME_PAYLOAD), self._timeout
@@ -288,10 +320,26 @@ class AsyncCoreClient:
         return _run_result(*await self.call(header, sealed_input))
 
     async def record_access(
-        self, *, token_id: str | None, role: str | None, method: str, path: str, decision: str
+        self,
+        *,
+        token_id: str | None,
+        role: str | None,
+        method: str,
+        path: str,
+        decision: str,
+        aggregate: AccessAggregate | None = None,
     ) -> None:
-        """``CoreClient.record_access``, awaited."""
-        await self.call(_access_header(token_id, role, method, path, decision))
+        """``CoreClient.record_access``, awaited; ``aggregate`` makes it one record of many
+        refused calls from one source (their count, first and last time, and a digest)."""
+        header = _access_header(token_id, role, method, path, decision)
+        if aggregate is not None:
+            header.update(
+                count=aggregate.count,
+                first_at=aggregate.first_at,
+                last_at=aggregate.last_at,
+                digest=aggregate.digest,
+            )
+        await self.call(header)
 
     def close(self) -> None:
         """Close every pooled stream."""
