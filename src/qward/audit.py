@@ -21,7 +21,7 @@ from qward.crypto.signatures import ReceiptSignature, verify_signature
 from qward.encoding import b64decode, b64encode, canonical_json, parse_canonical_json
 from qward.errors import FormatError, InputError, VerificationError
 from qward.receipts.entries import ADMIN_ENTRY, RECEIPT_ENTRY
-from qward.receipts.receipt import SIGNING_CONTEXT, check_body
+from qward.receipts.receipt import SIGNING_CONTEXT, ReceiptBundle, check_body
 from qward.receipts.trust import TrustBundle
 from qward.tlog.backend import LogBackend, note_checkpoint
 from qward.tlog.checkpoint import Checkpoint
@@ -307,6 +307,27 @@ def _evidence_checkpoint(store: LogBackend, policy: WitnessPolicy) -> bytes:
         )
     policy.check(chosen)  # a stored cosignature that does not verify is worth an error
     return chosen
+
+
+def refresh_receipt(store: LogBackend, trust: TrustBundle, receipt: bytes) -> bytes:
+    """``receipt`` proved again against the newest checkpoint carrying ``trust``'s witness quorum.
+
+    A receipt issued before witnesses were configured names a checkpoint no witness cosigned; its
+    entry is in the log all the same, and an inclusion proof into a cosigned checkpoint shows it.
+    The signed body is unchanged; only the checkpoint and the proof are replaced, and the result
+    is verified like any receipt.
+    """
+    bundle = ReceiptBundle.from_bytes(receipt)
+    note = _evidence_checkpoint(store, trust.witness_policy)
+    size = note_checkpoint(note).size
+    if bundle.index >= size:
+        raise VerificationError(
+            f"no checkpoint with the pinned witness quorum covers entry {bundle.index} yet"
+        )
+    refreshed = replace(
+        bundle, checkpoint=note, inclusion_proof=store.inclusion_proof(bundle.index, size)
+    )
+    return refreshed.to_bytes()
 
 
 def export_evidence(store: LogBackend, trust: TrustBundle, indices: list[int]) -> bytes:

@@ -8,6 +8,7 @@ one unwrapped line on stderr and an exit code, never a traceback:
 
 from __future__ import annotations
 
+import os
 import sys
 
 import typer
@@ -71,4 +72,9 @@ def main() -> None:
     except OSError as exc:  # a path the user gave that no command checked more precisely
         where = f"{exc.filename}: " if exc.filename else ""
         fail("invalid_input", f"{where}{exc.strerror or exc}", 2)
+    except Exception as exc:
+        # A bug, not the user's doing: still one line; QWARD_DEBUG=1 shows the traceback.
+        if os.environ.get("QWARD_DEBUG") == "1":
+            raise
+        fail("internal_error", f"{type(exc).__name__} in qward (set QWARD_DEBUG=1 for details)", 3)
     sys.exit(result if isinstance(result, int) else 0)

@@ -12,6 +12,7 @@ import numpy as np
 import typer
 from rich.table import Table
 
+from qward.audit import refresh_receipt
 from qward.cli._app import (
     DEFAULT_STATE,
     MAX_MODEL_FILE,
@@ -27,11 +28,10 @@ from qward.cli._app import (
     write_file,
 )
 from qward.encoding import read_limited, recanonicalize_json
-from qward.errors import (
-    InputError,
-)
+from qward.errors import InputError, VerificationError
 from qward.receipts.commitment import SALT_BYTES, check_input
 from qward.receipts.receipt import MAX_RECEIPT_BYTES
+from qward.receipts.trust import TrustBundle
 from qward.receipts.verify import Verifier
 from qward.sdk.client import Client, VerifiedRun, seal_model
 from qward.sdk.core_process import CoreProcess, core_session
@@ -209,6 +209,16 @@ def _read_salt(receipt: Path, given: Path | None) -> bytes | None:
     return salt
 
 
+def _refreshed(receipt: bytes, trust: TrustBundle, state_dir: Path) -> bytes:
+    from qward.cli.audit import open_log
+
+    store = open_log(state_dir)
+    try:
+        return refresh_receipt(store, trust, receipt)
+    finally:
+        store.close()
+
+
 def _read_receipt(path: Path) -> bytes:
     """A receipt file, re-canonicalised: one run through ``jq .`` must not make it unverifiable
     (the signature is over the canonical body, so this changes nothing it covers)."""
@@ -231,10 +241,30 @@ def _verify(
         Path | None, typer.Option("--input", help="Also check this input.")
     ] = None,
     input_salt: SaltOption = None,
+    refresh: Annotated[
+        bool,
+        typer.Option(
+            "--refresh",
+            help="Prove the receipt against the newest witness-cosigned checkpoint in the state "
+            "dir's log (for receipts issued before witnesses were configured).",
+        ),
+    ] = False,
     state_dir: StateDir = DEFAULT_STATE,
 ) -> None:
     """Verify a receipt offline: signatures, inclusion proof and signed checkpoint."""
-    verified = Verifier(trust=trust_bundle(state_dir, trust_file)).verify(_read_receipt(receipt))
+    trust = trust_bundle(state_dir, trust_file)
+    data = _read_receipt(receipt)
+    if refresh:
+        data = _refreshed(data, trust, state_dir)
+    try:
+        verified = Verifier(trust=trust).verify(data)
+    except VerificationError as exc:
+        if refresh or "cosignature" not in str(exc):
+            raise
+        raise VerificationError(
+            f"{exc}; if the receipt was issued before witnesses were configured, "
+            "`qward verify --refresh` proves it against a newer cosigned checkpoint"
+        ) from None
     if model is not None:
         Verifier.check_model(verified, read_limited(str(model), limit=MAX_MODEL_FILE, what="model"))
     if input_file is not None:

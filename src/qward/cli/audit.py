@@ -84,7 +84,7 @@ def _log_verify(
     ]
     if seen.exists():
         notes.append(read_limited(str(seen), limit=_MAX_NOTE, what="seen checkpoint"))
-    store = _open_log(state_dir, log_database)
+    store = open_log(state_dir, log_database)
     try:
         witnesses = trust.witness_policy
         with working("recomputing the log"):
@@ -132,7 +132,7 @@ def _remember(path: Path, note: bytes) -> None:
         ) from None
 
 
-def _open_log(state_dir: Path, log_database: str | None = None) -> LogBackend:
+def open_log(state_dir: Path, log_database: str | None = None) -> LogBackend:
     location = log_location(state_dir, log_database)
     if not location.startswith(("postgresql://", "postgres://")) and not Path(location).exists():
         raise InputError(f"no log at {location}")
@@ -165,7 +165,7 @@ def _audit_query(
     if since is not None:
         moment = parse_since(since, now=datetime.now(UTC))
         cutoff = moment.strftime("%Y-%m-%dT%H:%M:%SZ")
-    store = _open_log(state_dir, log_database)
+    store = open_log(state_dir, log_database)
     try:
         records = query_runs(store, model=model, caller=caller, since=cutoff)
         gaps = find_gaps(store)
@@ -219,7 +219,7 @@ def _audit_gaps(
     """Core runs that ended without a clean stop, and clock jumps backwards; exit 1 if any."""
     if clock_tolerance < 0:
         raise InputError("--clock-tolerance must not be negative")
-    store = _open_log(state_dir, log_database)
+    store = open_log(state_dir, log_database)
     try:
         gaps = find_gaps(store, tolerance=clock_tolerance)
     finally:
@@ -280,7 +280,7 @@ def _audit_export(
 ) -> None:
     """Write an evidence bundle (receipts, proofs, checkpoint, public keys) for offline checks."""
     writable_path(output, what="evidence bundle")
-    store = _open_log(state_dir, log_database)
+    store = open_log(state_dir, log_database)
     try:
         with working("collecting receipts and proofs"):
             runs = query_runs(store, model=model, caller=caller)
