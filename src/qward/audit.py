@@ -41,6 +41,7 @@ __all__ = [
     "export_evidence",
     "find_gaps",
     "query_runs",
+    "refresh_receipt",
     "verify_evidence",
 ]
 

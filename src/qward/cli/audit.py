@@ -42,7 +42,7 @@ from qward.tlog.backend import LogBackend
 from qward.tlog.location import log_location, open_log_store
 from qward.tlog.witness_policy import Quorum
 
-__all__: list[str] = []
+__all__ = ["open_log"]
 
 
 LogDatabase = Annotated[

@@ -34,7 +34,7 @@ from qward.sdk.http_client import HTTPClient
 __all__: list[str] = []
 
 
-class Role(enum.StrEnum):
+class _Role(enum.StrEnum):
     """The roles a token can have (``qward.public.auth.ROLES``)."""
 
     CLIENT = "client"
@@ -44,7 +44,7 @@ class Role(enum.StrEnum):
 
 @token_app.command("create")
 def _token_create(
-    role: Annotated[Role, typer.Option(help="What the token may do.")],
+    role: Annotated[_Role, typer.Option(help="What the token may do.")],
     model: Annotated[
         list[str] | None, typer.Option(help="Model a client may use (repeat for more).")
     ] = None,
@@ -60,7 +60,7 @@ def _token_create(
     state_dir: StateDir = DEFAULT_STATE,
 ) -> None:
     """Create an API token; it is printed once and only its SHA-256 is stored."""
-    if role is Role.CLIENT and not model and not all_models:
+    if role is _Role.CLIENT and not model and not all_models:
         # Granting every model must be a decision, never the default of a forgotten option.
         raise InputError("a client token needs --model NAME (repeatable) or --all-models")
     if model and all_models:
