@@ -54,8 +54,8 @@ def _demo(state_dir: StateDir = DEFAULT_STATE) -> None:
             seed = int(params.get("seed", 0))
             run = sdk.run(info.model_sha256, inputs, seed=seed)
             receipt_path = state_dir / "receipts" / f"{run.verified.bundle.receipt_id}.json"
-            receipt_path.parent.mkdir(parents=True, exist_ok=True)
-            receipt_path.write_bytes(run.receipt)
+            receipt_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            write_file(receipt_path, run.receipt, what="receipt", mode=0o600)
             replay = sdk.replay(run.receipt, inputs)
     finally:
         core.stop()
@@ -179,7 +179,9 @@ def _keep_receipt(path: Path, receipt: bytes, state_dir: Path, receipt_id: str) 
     except InputError as exc:
         fallback = state_dir / "receipts" / f"{receipt_id}.json"
         fallback.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fallback.write_bytes(receipt)
+        fd = os.open(fallback, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(receipt)
         raise InputError(f"{exc}; the receipt was kept at {fallback}") from None
 
 

@@ -212,7 +212,8 @@ class Launcher:
                 fds.append(fd)
                 argv += [flag, str(fd)]
         self.socket.unlink(missing_ok=True)
-        log = open(opts.state_dir / "core.log", "ab")  # noqa: SIM115 - handed to the child
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
+        log = os.fdopen(os.open(opts.state_dir / "core.log", flags, 0o600), "ab")
         try:
             proc = subprocess.Popen(
                 argv,

@@ -37,6 +37,7 @@ def _reachable(path: Path) -> bool:
         sock.close()
 
 
+_APPEND = os.O_WRONLY | os.O_CREAT | os.O_APPEND
 # sun_path holds 108 bytes, including the terminating NUL.
 _MAX_SOCKET_PATH = 108
 
@@ -72,7 +73,8 @@ class CoreProcess:
     def start(cls, state_dir: Path, *, timeout: float = 60.0) -> CoreProcess:
         """Start a core on ``state_dir`` and wait until its socket answers."""
         _usable_state_dir(state_dir)
-        log = open(state_dir / "core.log", "ab")  # noqa: SIM115 - handed to the child
+        # The core's log is the operator's alone, whatever the state directory's mode.
+        log = os.fdopen(os.open(state_dir / "core.log", _APPEND, 0o600), "ab")
         with log:
             proc = subprocess.Popen(
                 [
