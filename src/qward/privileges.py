@@ -34,9 +34,11 @@ __all__ = [
     "ensure_user",
     "exit_with_parent",
     "first_unreadable",
+    "last_capability",
     "parse_uid_gid",
     "peer_uid",
     "runtime_paths",
+    "set_capabilities",
 ]
 
 CAP_SETGID = 6
@@ -88,11 +90,22 @@ def _prctl(option: int, arg: int) -> None:
         raise PrivilegeError(f"prctl({option}) failed: {os.strerror(err)}")
 
 
+def last_capability() -> int:
+    """The highest capability number this kernel knows."""
+    return _last_cap()
+
+
 def _last_cap() -> int:
     try:
         return int(Path("/proc/sys/kernel/cap_last_cap").read_text().strip())
     except (OSError, ValueError):
         return 40
+
+
+def set_capabilities(keep: Iterable[int]) -> None:
+    """Make ``keep`` this process's effective and permitted capabilities, nothing inheritable;
+    ``PrivilegeError`` if the kernel refuses."""
+    _capset(keep)
 
 
 def _capset(keep: Iterable[int]) -> None:

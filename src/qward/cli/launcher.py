@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -33,6 +32,7 @@ from qward.privileges import (
 )
 from qward.sdk.client import Client
 from qward.sdk.core_client import CoreClient
+from qward.sdk.core_process import reachable
 
 __all__ = ["EXAMPLE_MODEL", "Launcher", "ServeOptions", "public_environment"]
 
@@ -269,7 +269,7 @@ class Launcher:
                     "the protected core exited during start-up: "
                     + " | ".join(tail.splitlines()[-3:])
                 )
-            if _reachable(self.socket):
+            if reachable(self.socket):
                 return
             time.sleep(0.05)
         raise CoreUnavailableError(f"the protected core did not start within {timeout:.0f} s")
@@ -319,17 +319,6 @@ def _secret_pipe(secret: str) -> int:
     os.write(write, secret.encode("utf-8"))
     os.close(write)
     return read
-
-
-def _reachable(path: Path) -> bool:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        sock.connect(str(path))
-        return True
-    except OSError:
-        return False
-    finally:
-        sock.close()
 
 
 def _service_users(options: ServeOptions) -> dict[str, ServiceUser]:

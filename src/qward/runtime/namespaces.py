@@ -13,6 +13,12 @@ from __future__ import annotations
 import ctypes
 import os
 
+from qward.privileges import (
+    PrivilegeError,
+    current_capabilities,
+    last_capability,
+    set_capabilities,
+)
 from qward.runtime.sandbox import IsolationReport, apply_network_namespace, errno_text
 
 __all__ = ["apply_capability_drop", "apply_namespaces"]
@@ -24,20 +30,7 @@ _CLONE_NEWUSER, _CLONE_NEWNET = 0x10000000, 0x40000000
 _MS_RDONLY, _MS_NOSUID, _MS_NODEV, _MS_NOEXEC = 1, 2, 4, 8
 _MS_REC, _MS_PRIVATE = 1 << 14, 1 << 18
 _PR_CAPBSET_DROP, _PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL = 24, 47, 4
-_LINUX_CAPABILITY_VERSION_3 = 0x20080522
 _ALWAYS_HIDDEN = ("/run", "/tmp")  # noqa: S108 - hidden, not used
-
-
-class _CapHeader(ctypes.Structure):
-    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
-
-
-class _CapData(ctypes.Structure):
-    _fields_ = [
-        ("effective", ctypes.c_uint32),
-        ("permitted", ctypes.c_uint32),
-        ("inheritable", ctypes.c_uint32),
-    ]
 
 
 def _write(path: str, text: str) -> None:
@@ -114,38 +107,20 @@ def apply_namespaces(
         _hide(report, hide, keep)
 
 
-def _cap_last() -> int:
-    try:
-        with open("/proc/sys/kernel/cap_last_cap", encoding="ascii") as handle:
-            return int(handle.read().strip())
-    except (OSError, ValueError):
-        return 63
-
-
-def _status_caps() -> dict[str, int]:
-    caps = {}
-    with open("/proc/self/status", encoding="ascii") as handle:
-        for line in handle:
-            key, _, value = line.partition(":")
-            if key in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"):
-                caps[key] = int(value.strip(), 16)
-    return caps
-
-
 def apply_capability_drop(report: IsolationReport) -> None:
     """Clear the bounding and ambient sets, then every effective, permitted and inheritable
     capability; in force only if ``/proc/self/status`` then shows none at all."""
     if report.skipped("capabilities"):
         return
-    for cap in range(_cap_last() + 1):
+    for cap in range(last_capability() + 1):
         _libc.prctl(_PR_CAPBSET_DROP, cap, 0, 0, 0)
     _libc.prctl(_PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
-    header = _CapHeader(version=_LINUX_CAPABILITY_VERSION_3, pid=0)
-    data = (_CapData * 2)()
-    if _libc.capset(ctypes.byref(header), ctypes.byref(data)) != 0:
-        report.record("capabilities", False, f"capset failed: {errno_text()}")
+    try:
+        set_capabilities(())
+    except PrivilegeError as exc:
+        report.record("capabilities", False, str(exc))
         return
-    left = {k: v for k, v in _status_caps().items() if v}
+    left = {k: v for k, v in current_capabilities().items() if v}
     if left:
         report.record("capabilities", False, f"still held: {left}")
         return

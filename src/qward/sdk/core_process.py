@@ -18,7 +18,7 @@ from pathlib import Path
 from qward.errors import CoreUnavailableError, InputError
 from qward.sdk.core_client import CoreClient
 
-__all__ = ["CoreProcess", "core_session", "socket_path"]
+__all__ = ["CoreProcess", "core_session", "reachable", "socket_path"]
 
 
 def socket_path(state_dir: Path) -> Path:
@@ -26,7 +26,8 @@ def socket_path(state_dir: Path) -> Path:
     return state_dir / "core.sock"
 
 
-def _reachable(path: Path) -> bool:
+def reachable(path: Path) -> bool:
+    """Whether a core answers connections on the Unix socket ``path``."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.connect(str(path))
@@ -97,7 +98,7 @@ class CoreProcess:
                 raise CoreUnavailableError(
                     "the protected core exited during start-up: " + " | ".join(tail)
                 )
-            if _reachable(socket_path(state_dir)):
+            if reachable(socket_path(state_dir)):
                 return cls(state_dir, proc)
             time.sleep(0.05)
         proc.kill()
@@ -122,7 +123,7 @@ class CoreProcess:
 @contextlib.contextmanager
 def core_session(state_dir: Path) -> Iterator[CoreClient]:
     """A client to the core on ``state_dir``: the running one, or one started for this block."""
-    if _reachable(socket_path(state_dir)):
+    if reachable(socket_path(state_dir)):
         with CoreClient(socket_path(state_dir)) as client:
             yield client
         return
