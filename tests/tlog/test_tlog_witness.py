@@ -141,7 +141,8 @@ def test_a_witness_refuses_a_fork_and_keeps_it_as_evidence(
         forked = fork.publish(origin=ORIGIN, signers=LOG_SIGNERS)
         with pytest.raises(WitnessRefusedError) as same_size:
             witness.add_checkpoint(add_checkpoint_body(old_size=4, proof=(), note=forked))
-        assert same_size.value.status == 409
+        # Same size, different root: a consistency failure (422), not a stale size (409).
+        assert same_size.value.status == 422
         bigger = grow(fork, 4)
         with pytest.raises(WitnessRefusedError) as extended:
             witness.add_checkpoint(
@@ -150,7 +151,7 @@ def test_a_witness_refuses_a_fork_and_keeps_it_as_evidence(
         assert extended.value.status == 422
     assert witness.latest(ORIGIN) == (4, honest)
     evidence = witness.refusals()
-    assert [status for _, status, *_ in evidence] == [409, 422]
+    assert [status for _, status, *_ in evidence] == [422, 422]
     assert all(latest == honest for *_, latest in evidence)
 
 

@@ -73,11 +73,16 @@ def _hide(report: IsolationReport, hide: tuple[str, ...], keep: tuple[str, ...])
         return
     failures: list[str] = []
     hidden: list[str] = []
-    for path in sorted({os.path.realpath(p) for p in (*hide, *_ALWAYS_HIDDEN)}):
+    kept: list[str] = []
+    required = {os.path.realpath(p) for p in hide}
+    for path in sorted(required | {os.path.realpath(p) for p in _ALWAYS_HIDDEN}):
         if not os.path.isdir(path):
             continue
         if any(k == path or k.startswith(path + os.sep) for k in keep):
-            failures.append(f"{path}: holds the worker's own code")
+            # /run and /tmp are hidden as a precaution; when qward itself is installed under
+            # one of them it stays visible (Landlock still allows reading only the code). The
+            # core's state directory must always be hidden: that is the layer's promise.
+            (failures if path in required else kept).append(f"{path}: holds the worker's code")
             continue
         error = _mount_tmpfs(path)
         if error:
@@ -85,6 +90,8 @@ def _hide(report: IsolationReport, hide: tuple[str, ...], keep: tuple[str, ...])
         else:
             hidden.append(path)
     detail = f"empty read-only tmpfs over {', '.join(hidden)}"
+    if kept:
+        detail += f"; left visible {kept}"
     report.record(
         "mount_namespace", not failures, detail + (f"; not hidden {failures}" if failures else "")
     )

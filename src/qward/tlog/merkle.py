@@ -179,7 +179,15 @@ def verify_inclusion(
 def verify_consistency(
     *, old_size: int, new_size: int, old_root: bytes, new_root: bytes, proof: Sequence[bytes]
 ) -> None:
-    """Verify that tree (new_size, new_root) extends (old_size, old_root), or raise ProofError."""
+    """Verify that tree (new_size, new_root) extends (old_size, old_root), or raise ProofError.
+
+    From size 0 this accepts an empty proof when the old root is the empty tree's hash: the empty
+    tree is a prefix of every tree, so there is nothing to prove, and c2sp.org/tlog-witness asks
+    exactly this of a witness's first checkpoint of a log (old size 0, empty proof). The Go
+    reference library instead rejects a check from the empty tree as meaningless; qward's witness
+    and verifiers agree with each other on accepting it (and refuse a size-0 checkpoint whose
+    root is anything else).
+    """
     _check_hash(old_root, "old root hash")
     _check_hash(new_root, "new root hash")
     for c in proof:

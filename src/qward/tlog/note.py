@@ -15,7 +15,10 @@ A signed note is UTF-8 text ending in a newline, a blank line, then one or more 
   have any: otherwise unsigned lines would ride along with a verified note.
 
 Key IDs are SHA-256(key name || 0x0A || signature type || public key)[:4] for both types, as the
-two specifications require. Verification raises; it never returns a bool.
+two specifications require (an ML-DSA-44 verifier key whose key ID does not match that formula is
+refused, though some published vectors use other IDs). Verification raises; it never returns a
+bool. A note that carries the same key's signature twice is refused (the Go reference accepts
+it): a duplicate line can only be an error or an attempt to make one key count twice.
 """
 
 from __future__ import annotations

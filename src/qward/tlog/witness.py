@@ -26,7 +26,14 @@ from qward.errors import FormatError, ProofError, QwardError, SignatureError
 from qward.tlog import merkle
 from qward.tlog.backend import note_checkpoint
 from qward.tlog.checkpoint import Checkpoint
-from qward.tlog.note import MAX_NOTE_BYTES, NoteSigner, NoteVerifier, open_note, signature_lines
+from qward.tlog.note import (
+    MAX_NOTE_BYTES,
+    MLDSA44NoteSigner,
+    NoteSigner,
+    NoteVerifier,
+    open_note,
+    signature_lines,
+)
 
 __all__ = [
     "MAX_BODY",
@@ -175,9 +182,15 @@ class Witness:
         2. Verify the note against the log's trusted keys; no trusted signature → 403.
         3. old size > checkpoint size → 400.
         4. Atomically with step 6: old size must equal the size last cosigned (else 409 with that
-           size); if equal to the new size, the root hashes must match (else 409).
+           size, as ``text/x.tlog.size``); a size-0 checkpoint must have the empty tree's root,
+           and a checkpoint of the stored size must have the stored root (else 422: both are
+           consistency failures, and a 409 body would be read as the witness's size).
         5. The consistency proof from the stored checkpoint must verify (else 422).
-        6. Store the new checkpoint, then cosign it with every witness key.
+        6. Cosign, then store the new checkpoint, in one transaction: the witness's state never
+           moves ahead of a cosignature it issued. A checkpoint with extension lines is cosigned
+           with the Ed25519 cosignature/v1 only (it signs the whole checkpoint text); the ML-DSA-44
+           cosignature signs origin, size and root alone, so it would vouch for extension lines
+           it does not cover and is left out for such checkpoints.
         A known log's refused request is kept with the witness's own checkpoint as evidence.
         """
         request = parse_add_checkpoint(body)
@@ -188,6 +201,7 @@ class Witness:
             try:
                 self._db.execute("BEGIN IMMEDIATE")
                 self._check_extends(request, checkpoint)
+                lines = signature_lines(text, self._signers_for(checkpoint))
                 self._db.execute(
                     "INSERT INTO latest (origin, size, note) VALUES (?, ?, ?) "
                     "ON CONFLICT (origin) DO UPDATE SET size = excluded.size, note = excluded.note",
@@ -202,7 +216,12 @@ class Witness:
                 if self._db.in_transaction:
                     self._db.execute("ROLLBACK")
                 raise
-        return signature_lines(text, self._signers)
+        return lines
+
+    def _signers_for(self, checkpoint: Checkpoint) -> tuple[NoteSigner, ...]:
+        if not checkpoint.extensions:
+            return self._signers
+        return tuple(s for s in self._signers if not isinstance(s, MLDSA44NoteSigner))
 
     def _verified(self, note: bytes) -> tuple[bytes, Checkpoint]:
         text = note[: note.rfind(b"\n\n") + 1]
@@ -226,6 +245,8 @@ class Witness:
         size = 0 if row is None else int(row[0])
         if request.old_size != size:
             raise WitnessRefusedError(409, f"old size {request.old_size} is not {size}", size=size)
+        if checkpoint.size == 0 and checkpoint.root_hash != merkle.EMPTY_ROOT:
+            raise WitnessRefusedError(422, "a checkpoint of size 0 must have the empty tree's root")
         if row is None:
             if request.proof:
                 raise WitnessRefusedError(422, "the consistency proof from size 0 must be empty")
@@ -233,7 +254,9 @@ class Witness:
         previous = note_checkpoint(bytes(row[1]))
         if previous.size == checkpoint.size:
             if previous.root_hash != checkpoint.root_hash:
-                raise WitnessRefusedError(409, f"a different root hash at the same size {size}")
+                raise WitnessRefusedError(
+                    422, f"inconsistent: a different root hash at the same size {size}"
+                )
             return
         try:
             merkle.verify_consistency(
