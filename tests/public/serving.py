@@ -9,10 +9,13 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
+
+if TYPE_CHECKING:
+    from qward.receipts.trust import TrustBundle
 
 
 @dataclass(frozen=True)
@@ -69,3 +72,24 @@ def stop_app(proc: subprocess.Popen[bytes]) -> None:
     """Stop a server started by ``start_app``."""
     proc.terminate()
     proc.wait(30)
+
+
+def register_iris(app: App, name: str = "iris") -> TrustBundle:
+    """Seal the bundled iris model to the server's trust bundle and upload it as ``name``."""
+    from qward.receipts.trust import TrustBundle
+    from qward.sdk.client import seal_model
+
+    from conftest import example_bytes
+
+    trust = TrustBundle.from_bytes(
+        httpx.get(app.url + "/v1/trust", headers=app.auth("admin")).content
+    )
+    reply = httpx.post(
+        app.url + "/v1/models",
+        params={"name": name},
+        headers=app.auth("admin"),
+        content=seal_model(example_bytes("iris-mlp.onnx"), trust=trust),
+        timeout=60,
+    )
+    assert reply.status_code == 200, reply.text
+    return trust

@@ -16,10 +16,8 @@ import pytest
 import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
-from public.serving import App, start_app
+from public.serving import App, register_iris, start_app
 from qward.public.auth import TOKEN_FILE, TokenStore
-from qward.receipts.trust import TrustBundle
-from qward.sdk.client import seal_model
 from qward.sdk.core_process import CoreProcess
 
 from conftest import example_bytes, iris_inputs
@@ -41,17 +39,7 @@ def default_app(state: tuple[Path, dict[str, str]]) -> Iterator[App]:
     directory, tokens = state
     proc = start_app(directory, allow_model_upload=True)
     app = App(url=proc.url, tokens=tokens)  # type: ignore[attr-defined]
-    trust = TrustBundle.from_bytes(
-        httpx.get(app.url + "/v1/trust", headers=app.auth("admin")).content
-    )
-    reply = httpx.post(
-        app.url + "/v1/models",
-        params={"name": "iris"},
-        headers=app.auth("admin"),
-        content=seal_model(example_bytes("iris-mlp.onnx"), trust=trust),
-        timeout=60,
-    )
-    assert reply.status_code == 200, reply.text
+    register_iris(app)
     yield app
     proc.terminate()
     proc.wait(30)

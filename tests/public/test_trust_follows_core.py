@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 from test_witness_service import witnessed_core_state
 
-from public.serving import App, start_app, stop_app
+from public.serving import App, register_iris, start_app, stop_app
 from qward.crypto.envelope import parse_sealed
 from qward.public.auth import TOKEN_FILE, TokenStore
 from qward.receipts.trust import TrustBundle
@@ -24,18 +24,7 @@ from conftest import example_bytes
 
 
 def _register(app: App) -> TrustBundle:
-    trust = TrustBundle.from_bytes(
-        httpx.get(app.url + "/v1/trust", headers=app.auth("admin")).content
-    )
-    reply = httpx.post(
-        app.url + "/v1/models",
-        params={"name": "iris"},
-        headers=app.auth("admin"),
-        content=seal_model(example_bytes("iris-mlp.onnx"), trust=trust),
-        timeout=60,
-    )
-    assert reply.status_code == 200, reply.text
-    return trust
+    return register_iris(app)
 
 
 def _infer(app: App) -> httpx.Response:
