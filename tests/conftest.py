@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -151,3 +153,24 @@ def _wait_for(url: str, proc: subprocess.Popen[bytes]) -> None:
             time.sleep(0.1)
     proc.kill()
     pytest.fail("qward serve did not come up")
+
+
+@contextlib.contextmanager
+def runtime_usable_by(uid: int) -> Iterator[None]:
+    """Let ``uid`` run this interpreter and qward for the test's duration, then put every mode
+    back: here the interpreter lives under /root (0700), and a checkout may sit in a 0700
+    directory (``mktemp -d``). Only search (and, on the path itself, read) bits are added."""
+    from qward.privileges import first_unreadable, runtime_paths
+
+    changed: list[tuple[Path, int]] = []
+    try:
+        for path in runtime_paths():
+            while (blocked := first_unreadable(path, uid=uid, gids={uid})) is not None:
+                mode = stat.S_IMODE(blocked.stat().st_mode)
+                changed.append((blocked, mode))
+                extra = stat.S_IXOTH | (stat.S_IROTH if blocked == Path(path) else 0)
+                blocked.chmod(mode | extra)
+        yield
+    finally:
+        for path, mode in reversed(changed):
+            path.chmod(mode)

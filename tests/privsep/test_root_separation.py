@@ -13,7 +13,6 @@ import os
 import pwd
 import shutil
 import socket
-import stat
 import subprocess
 import sys
 import tempfile
@@ -30,7 +29,7 @@ from qward.public.auth import TOKEN_FILE, TokenStore
 from qward.receipts.trust import TrustBundle
 from qward.sdk.client import seal_model
 
-from conftest import example_bytes
+from conftest import example_bytes, runtime_usable_by
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0, reason="privilege separation needs `qward serve` started as root"
@@ -53,18 +52,8 @@ print(recv_frame(s, max_payload=1 << 20)[0])
 @pytest.fixture()
 def traversable() -> Iterator[None]:
     """Let other users use this interpreter for the test, then put every mode back."""
-    changed: list[tuple[Path, int]] = []
-    try:
-        for path in runtime_paths():
-            while (blocked := first_unreadable(path, uid=_NOBODY, gids={_NOBODY})) is not None:
-                mode = blocked.stat().st_mode
-                changed.append((blocked, stat.S_IMODE(mode)))
-                extra = stat.S_IXOTH | (stat.S_IROTH if blocked == Path(path) else 0)
-                blocked.chmod(stat.S_IMODE(mode) | extra)
+    with runtime_usable_by(_NOBODY):
         yield
-    finally:
-        for path, mode in reversed(changed):
-            path.chmod(mode)
 
 
 def _free_port() -> int:

@@ -8,18 +8,16 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
-import stat
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from qward.runtime.supervisor import WorkerPolicy, WorkerProcess
 
-from conftest import example_bytes
+from conftest import example_bytes, runtime_usable_by
 
 NOBODY = (65534, 65534)
 NEW_LAYERS = (
@@ -58,25 +56,6 @@ def _state_dir_with_socket() -> Iterator[tuple[str, str]]:
         os.rmdir(state)
 
 
-@contextmanager
-def _traversable_interpreter() -> Iterator[None]:
-    # The interpreter may live under /root (mode 0700 here): other uids need to traverse it for
-    # the test's duration only.
-    blocking = [
-        p
-        for p in {Path(os.path.realpath(__import__("sys").base_prefix)).parents[-2], Path("/root")}
-        if p.is_dir() and not os.stat(p).st_mode & stat.S_IXOTH
-    ]
-    modes = {p: os.stat(p).st_mode for p in blocking}
-    try:
-        for p, mode in modes.items():
-            os.chmod(p, stat.S_IMODE(mode) | stat.S_IXOTH)
-        yield
-    finally:
-        for p, mode in modes.items():
-            os.chmod(p, stat.S_IMODE(mode))
-
-
 def _isolation(policy: WorkerPolicy) -> dict[str, Any]:
     model = example_bytes("iris-mlp.onnx")
     with (
@@ -109,7 +88,7 @@ def test_pre_seccomp_window_is_closed_as_root() -> None:
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="starting a worker as another uid needs root")
 def test_pre_seccomp_window_is_closed_as_nobody() -> None:
-    with _traversable_interpreter():
+    with runtime_usable_by(NOBODY[0]):
         isolation = _isolation(WorkerPolicy(run_as=NOBODY))
     _check(isolation)
     assert "uid 65534" in isolation["layers"]["user_namespace"]["detail"]
