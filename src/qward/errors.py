@@ -14,6 +14,7 @@ catch it wholesale, mapping each family to an exit code or an HTTP status::
     │   ├── SignatureError
     │   ├── ProofError
     │   ├── LogInconsistencyError  carries both checkpoints and the proof as evidence
+    │   ├── AttestationError     hardware evidence or its appraisal failed; names the check
     │   └── ReplayMismatchError  a replay produced different bytes than the receipt records
     ├── AuditError               the log refused or failed an append; nothing executes (fail closed)
     ├── RuntimeFailure           the sandboxed worker failed or was killed
@@ -26,6 +27,7 @@ Messages name what is wrong and never include secret material.
 from __future__ import annotations
 
 __all__ = [
+    "AttestationError",
     "AuditError",
     "CoreUnavailableError",
     "CryptoError",
@@ -116,6 +118,21 @@ class LogInconsistencyError(VerificationError):
         self.older = older
         self.newer = newer
         self.proof = proof
+
+
+class AttestationError(VerificationError):
+    """Attestation evidence did not verify, or its appraisal refused it.
+
+    ``check`` names the check that failed (for example ``"vcek-signature"``,
+    ``"report-data"``, ``"debug-policy"``), so callers and tests can tell failures apart.
+    """
+
+    code = "attestation_failed"
+
+    def __init__(self, message: str, *, check: str = "") -> None:
+        # Rebuilt from a wire reply, the message already starts with its check's name.
+        super().__init__(f"{check}: {message}" if check else message)
+        self.check = check or message.partition(":")[0]
 
 
 class ReplayMismatchError(VerificationError):
