@@ -136,4 +136,3 @@ class EvidenceVerifier(Protocol):
     def verify(self, evidence: Evidence, *, now: datetime) -> Claims:
         """The claims ``evidence`` proves, or ``AttestationError``."""
         ...
-

@@ -16,14 +16,17 @@ from rich.progress import Progress, ProgressColumn
 from rich.table import Table
 
 from qward import __version__
+from qward.attestation.appraisal import AFFIRMING
 from qward.encoding import read_limited
 from qward.errors import InputError
 from qward.receipts.trust import TrustBundle
+from qward.sdk.attested_trust import require_attested
 
 __all__ = [
     "DEFAULT_STATE",
     "MAX_MODEL_FILE",
     "MAX_REQUEST_FILE",
+    "SoftwareOnlyOption",
     "StateDir",
     "app",
     "audit_app",
@@ -35,6 +38,7 @@ __all__ = [
     "one_line",
     "print_table",
     "progress_bar",
+    "sealing_trust",
     "token_app",
     "trust_bundle",
     "working",
@@ -92,8 +96,35 @@ DEFAULT_STATE = Path(".qward")
 
 
 def trust_bundle(state_dir: Path, trust_file: Path | None) -> TrustBundle:
+    """``trust_file``, or the trust bundle the core wrote into ``state_dir``."""
     path = trust_file or state_dir / "trust.json"
     return TrustBundle.from_bytes(read_limited(str(path), limit=256 * 1024, what="trust bundle"))
+
+
+def sealing_trust(
+    state_dir: Path, trust_file: Path | None, *, allow_software_only: bool
+) -> TrustBundle:
+    """The trust bundle to seal to. The state directory's was written by the core on this
+    machine; a bundle from anywhere else must carry an affirming appraisal
+    (``qward trust fetch``), unless ``allow_software_only``."""
+    trust = trust_bundle(state_dir, trust_file)
+    if trust_file is not None:
+        status = require_attested(trust, allow_software_only=allow_software_only)
+        if status != AFFIRMING:
+            err_console.print(
+                f"qward: WARNING sealing to a core no hardware attestation proves "
+                f"(appraisal: {status}; accepted with --allow-software-only)"
+            )
+    return trust
+
+
+SoftwareOnlyOption = Annotated[
+    bool,
+    typer.Option(
+        "--allow-software-only",
+        help="Accept a trust bundle no hardware attestation proves (warned; unsafe).",
+    ),
+]
 
 
 def example(name: str) -> bytes:

@@ -17,11 +17,13 @@ from qward.cli._app import (
     DEFAULT_STATE,
     MAX_MODEL_FILE,
     MAX_REQUEST_FILE,
+    SoftwareOnlyOption,
     StateDir,
     app,
     console,
     example,
     print_table,
+    sealing_trust,
     trust_bundle,
     working,
     writable_path,
@@ -105,14 +107,14 @@ def _seal(
     trust_file: Annotated[
         Path | None, typer.Option("--trust", help="Pinned trust bundle (default: the state dir's).")
     ] = None,
+    allow_software_only: SoftwareOnlyOption = False,
     state_dir: StateDir = DEFAULT_STATE,
 ) -> None:
-    """Seal a model to the core's public key (run by the model owner)."""
+    """Seal a model to the core's public key (run by the model owner). A --trust bundle must
+    have been pinned by `qward trust fetch` (hardware attestation) unless --allow-software-only."""
     writable_path(output, what="sealed model")
-    sealed = seal_model(
-        read_limited(str(model), limit=MAX_MODEL_FILE, what="model"),
-        trust=trust_bundle(state_dir, trust_file),
-    )
+    trust = sealing_trust(state_dir, trust_file, allow_software_only=allow_software_only)
+    sealed = seal_model(read_limited(str(model), limit=MAX_MODEL_FILE, what="model"), trust=trust)
     write_file(output, sealed, what="sealed model")
     console.print(f"sealed {model} -> {output} ({len(sealed)} bytes)")
 

@@ -71,6 +71,8 @@ class ServeOptions:
     allow_degraded_isolation: bool = False
     max_output_bytes: int | None = None
     public_flags: tuple[str, ...] = ()
+    #: Extra arguments for the core: attestation (TPM, measured files, policy).
+    core_flags: tuple[str, ...] = ()
 
 
 def public_environment(environ: dict[str, str] | os._Environ[str]) -> dict[str, str]:
@@ -184,6 +186,7 @@ class Launcher:
             argv += ["--allow-degraded-isolation"]
         if opts.max_output_bytes is not None:
             argv += ["--max-output-bytes", str(opts.max_output_bytes)]
+        argv += list(opts.core_flags)
         if self.privileged:
             core, api, worker = (self._users[k] for k in ("core", "api", "worker"))
             argv += [

@@ -14,14 +14,15 @@ from rich.table import Table
 from qward.cli._app import (
     DEFAULT_STATE,
     MAX_MODEL_FILE,
+    SoftwareOnlyOption,
     StateDir,
     app,
     console,
     err_console,
     print_table,
     progress_bar,
+    sealing_trust,
     token_app,
-    trust_bundle,
 )
 from qward.cli.timespec import parse_span
 from qward.encoding import read_limited
@@ -134,14 +135,17 @@ def _upload(
     token: Annotated[
         str, typer.Option(envvar="QWARD_TOKEN", help="Admin token (env QWARD_TOKEN).")
     ] = "",
+    allow_software_only: SoftwareOnlyOption = False,
     state_dir: StateDir = DEFAULT_STATE,
 ) -> None:
-    """Seal a model locally and upload it to a remote qward serve, with a progress bar."""
+    """Seal a model locally and upload it to a remote qward serve, with a progress bar. A
+    --trust bundle must have been pinned by `qward trust fetch` unless --allow-software-only."""
     data = read_limited(str(model), limit=MAX_MODEL_FILE, what="model")
-    trust = trust_bundle(state_dir, trust_file)
+    trust = sealing_trust(state_dir, trust_file, allow_software_only=allow_software_only)
     sealed = seal_model(data, trust=trust)
+    # The bundle was checked just above (the state directory's is this machine's own core's).
     with (
-        HTTPClient(url, token=token, trust=trust) as client,
+        HTTPClient(url, token=token, trust=trust, allow_software_only=True) as client,
         progress_bar(
             TextColumn("uploading {task.description}"),
             BarColumn(),
@@ -235,6 +239,18 @@ def _serve(
             help="UNSAFE: as root, run every process as root (no privilege separation).",
         ),
     ] = False,
+    tpm_tcti: Annotated[
+        str | None,
+        typer.Option(envvar="QWARD_TPM_TCTI", help="TPM the core quotes with (TCTI string)."),
+    ] = None,
+    measure: Annotated[
+        list[Path] | None,
+        typer.Option(help="Extra file the core measures with its code (repeatable)."),
+    ] = None,
+    attestation_policy: Annotated[
+        Path | None,
+        typer.Option(help="Policy the core appraises its own evidence under; refuses to start."),
+    ] = None,
 ) -> None:
     """Start the protected core and the public HTTP API, and supervise both.
 
@@ -259,6 +275,7 @@ def _serve(
         example_model=example_model,
         allow_degraded_isolation=allow_degraded_isolation,
         max_output_bytes=max_output_bytes,
+        core_flags=_core_flags(tpm_tcti, measure or [], attestation_policy),
         public_flags=tuple(
             flag
             for flag, on in (
@@ -271,3 +288,13 @@ def _serve(
         ),
     )
     raise typer.Exit(Launcher(options).run())
+
+
+def _core_flags(tcti: str | None, measure: list[Path], policy: Path | None) -> tuple[str, ...]:
+    """The core's attestation arguments (paths made absolute: the core has its own cwd)."""
+    flags: list[str] = ["--tpm-tcti", tcti] if tcti else []
+    for path in measure:
+        flags += ["--measure", str(path.resolve())]
+    if policy is not None:
+        flags += ["--attestation-policy", str(policy.resolve())]
+    return tuple(flags)

@@ -17,6 +17,7 @@ __all__ = ["OPERATION_CLASSES", "PeerPolicy", "PermissionDeniedError"]
 
 OPERATION_CLASSES: dict[str, str] = {
     "trust": "data",
+    "attest": "data",
     "run": "data",
     "replay": "data",
     "register_model": "data",

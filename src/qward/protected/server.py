@@ -18,11 +18,13 @@ import socketserver
 import sys
 import threading
 import traceback
+from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
 from qward import __version__
+from qward.attestation.appraisal import AppraisalPolicy
 from qward.core_api import MAX_FRAME_PAYLOAD
 from qward.encoding import read_limited
 from qward.errors import FormatError, KeystoreError, QwardError
@@ -36,6 +38,8 @@ from qward.privileges import (
     parse_uid_gid,
     peer_uid,
 )
+from qward.protected.attestation import Attester, CoreAttestation, SoftwareOnlyAttester
+from qward.protected.attesters import select_attester
 from qward.protected.auditor import Auditor
 from qward.protected.keystore import (
     PROTECTION_ENV,
@@ -64,6 +68,8 @@ def build_service(
     *,
     passphrase: str | None = None,
     worker_policy: WorkerPolicy | None = None,
+    attester: Attester | None = None,
+    attestation_policy: AppraisalPolicy | None = None,
 ) -> CoreService:
     """Open (or on first start, create) the keystore, log and model registry in ``state_dir``.
 
@@ -71,6 +77,9 @@ def build_service(
     ``QWARD_KEYSTORE_PROTECTION=pkcs11`` creates the keystore under a PKCS#11 token, and then
     refuses to start on a keystore that is not. Without ``passphrase`` it comes from the
     environment (``QWARD_KEYSTORE_PASSPHRASE`` or ``QWARD_KEYSTORE_PASSPHRASE_FILE``).
+
+    Startup evidence comes from ``attester`` (software-only without one); with
+    ``attestation_policy`` the core appraises it and refuses to start if the policy refuses.
     """
     if passphrase is None:
         passphrase = passphrase_from_environment()
@@ -104,6 +113,12 @@ def build_service(
         auditor=auditor,
         registry=ModelRegistry(state_dir / "models", policy=worker_policy or WorkerPolicy()),
     )
+    service.attestation = CoreAttestation(
+        attester=attester or SoftwareOnlyAttester(),
+        record=service.record_published,
+        clock=lambda: datetime.now(UTC),
+        policy=attestation_policy,
+    )
     if policy is not None:
         service.pin_witnesses(policy)
     if created:
@@ -115,6 +130,11 @@ def build_service(
     trust_path = state_dir / "trust.json"
     trust_path.write_bytes(service.trust.to_bytes())
     service.log_admin("core-start", pid=os.getpid(), version=__version__)
+    try:
+        service.attestation.start(service.trust.to_bytes())
+    except QwardError:
+        service.close()
+        raise
     if worker_policy is not None and worker_policy.allow_degraded:
         # The operator chose to run models under a weaker sandbox: that choice is evidence too.
         service.log_admin("isolation-degraded-allowed", pid=os.getpid())
@@ -228,12 +248,37 @@ def _parser() -> argparse.ArgumentParser:
         help="run models even when a sandbox layer cannot be applied (logged; stamped in receipts)",
     )
     parser.add_argument(
+        "--attestation-policy",
+        type=Path,
+        help="appraise the core's own startup evidence under this policy; refuse to start if not",
+    )
+    parser.add_argument(
+        "--tpm-tcti",
+        default=os.environ.get("QWARD_TPM_TCTI"),
+        help="TPM to quote with (TCTI string, e.g. swtpm:host=127.0.0.1,port=2321)",
+    )
+    parser.add_argument(
+        "--measure",
+        type=Path,
+        action="append",
+        default=[],
+        help="extra file measured with the core's code (repeatable)",
+    )
+    parser.add_argument(
         "--max-output-bytes",
         type=int,
         default=DEFAULT_MAX_OUTPUT_BYTES,
         help="largest encoded output one run may return",
     )
     return parser
+
+
+def _policy(path: Path | None) -> AppraisalPolicy | None:
+    if path is None:
+        return None
+    return AppraisalPolicy.from_bytes(
+        read_limited(str(path), limit=1024 * 1024, what="attestation policy")
+    )
 
 
 def _read_fd(fd: int, what: str) -> str:
@@ -290,6 +335,8 @@ def main(argv: list[str] | None = None) -> int:
                 allow_degraded=args.allow_degraded_isolation,
                 max_output_bytes=args.max_output_bytes,
             ),
+            attester=select_attester(tcti=args.tpm_tcti, measured=tuple(args.measure)),
+            attestation_policy=_policy(args.attestation_policy),
         )
     except QwardError as exc:
         print(f"qward core: {exc}", file=sys.stderr)

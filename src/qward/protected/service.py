@@ -17,9 +17,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from qward import __version__
+from qward.attestation.binding import MAX_NONCE_BYTES, MIN_NONCE_BYTES
+from qward.attestation.response import AttestationResponse
 from qward.crypto.envelope import SealedArtifact, parse_sealed
 from qward.encoding import b64decode, b64encode, canonical_json
 from qward.errors import InputError, QwardError
+from qward.protected.attestation import CoreAttestation, SoftwareOnlyAttester
 from qward.protected.auditor import Auditor
 from qward.protected.key_admin import KEY_ADMIN_OPS, build_trust, check_unwrap
 from qward.protected.keystore import CoreKeys
@@ -88,6 +91,7 @@ class CoreService:
         auditor: Auditor,
         registry: ModelRegistry,
         sources: _Sources | None = None,
+        attestation: CoreAttestation | None = None,
     ) -> None:
         self._keys = keys
         self._auditor = auditor
@@ -95,6 +99,9 @@ class CoreService:
         self._src = sources or _Sources()
         self.trust = build_trust(keys)
         self._verifier = Verifier(trust=self.trust)
+        self.attestation = attestation or CoreAttestation(
+            attester=SoftwareOnlyAttester(), record=self.record_published, clock=self._src.clock
+        )
 
     def _now(self) -> str:
         return self._src.clock().strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -123,6 +130,12 @@ class CoreService:
             ]
         )
 
+    def record_published(self, entry: bytes) -> int:
+        """Sequence ``entry``, publish a checkpoint covering it and return its index."""
+        (index,) = self._auditor.record([entry])
+        self._auditor.commit(covering=index)
+        return index
+
     def refresh_trust(self) -> TrustBundle:
         """After a key change: rebuild the trust bundle and sign checkpoints with the new keys."""
         # The witness quorum is not a key: it carries over from the bundle in force.
@@ -130,6 +143,8 @@ class CoreService:
         self.trust = build_trust(self._keys)
         self.pin_witnesses(witnesses)
         self.use_log_signers()
+        # Receipts must name evidence that binds the keys now in force.
+        self.attestation.start(self.trust.to_bytes())
         return self.trust
 
     def use_log_signers(self) -> None:
@@ -144,10 +159,7 @@ class CoreService:
 
     def log_admin(self, action: str, **details: Any) -> None:
         """Record an administrative event and publish it."""
-        (index,) = self._auditor.record(
-            [admin_entry(action=action, at=self._now(), details=details)]
-        )
-        self._auditor.commit(covering=index)
+        self.record_published(admin_entry(action=action, at=self._now(), details=details))
 
     def _open(
         self,
@@ -204,6 +216,25 @@ class CoreService:
 
     def op_trust(self, header: dict[str, Any], payload: bytes) -> Reply:
         return {"ok": True}, self.trust.to_bytes()
+
+    def op_attest(self, header: dict[str, Any], payload: bytes) -> Reply:
+        nonce_hex = header.get("nonce")
+        try:
+            nonce = bytes.fromhex(nonce_hex) if isinstance(nonce_hex, str) else b""
+        except ValueError:
+            nonce = b""
+        if not MIN_NONCE_BYTES <= len(nonce) <= MAX_NONCE_BYTES:
+            raise InputError(f"nonce must be {MIN_NONCE_BYTES} to {MAX_NONCE_BYTES} bytes of hex")
+        trust = self.trust.to_bytes()
+        evidence, index = self.attestation.collect(trust, nonce, purpose="client-nonce")
+        response = AttestationResponse(
+            trust=trust,
+            evidence=evidence,
+            nonce=nonce,
+            log_index=index,
+            collected_at=self._src.clock(),
+        )
+        return {"ok": True}, response.to_bytes()
 
     def op_register_model(self, header: dict[str, Any], payload: bytes) -> Reply:
         name = header.get("name")
@@ -371,6 +402,7 @@ class CoreService:
                 **({"circuit": record["circuit"]} if "circuit" in record else {}),
             },
             "isolation": info["isolation"],
+            "attestation": self.attestation.receipt_record,
             "key_uses": [
                 {"key_id": self._keys.hpke_public.key_id, "purpose": "unseal-input"},
                 {"key_id": self._keys.receipt_signer.key_id, "purpose": "sign-receipt"},
@@ -564,6 +596,7 @@ def _int(header: dict[str, Any], key: str) -> int:
 
 _OPS: dict[str, Callable[[CoreService, dict[str, Any], bytes], Reply]] = {
     "trust": CoreService.op_trust,
+    "attest": CoreService.op_attest,
     "register_model": CoreService.op_register_model,
     "run": CoreService.op_run,
     "replay": CoreService.op_replay,

@@ -80,7 +80,7 @@ def rule_for(method: str, path: str, policy: AccessPolicy | None = None) -> Rule
         return Rule(roles=("admin",), upload=True)
     if path.startswith("/v2/repository"):
         return Rule(roles=("admin",))
-    if path == "/v1/trust":
+    if path in ("/v1/trust", "/v1/attestation"):
         return Rule(roles=("client", "auditor", "admin"))
     if path.startswith(("/log/", "/v1/log/")):
         return Rule(roles=("auditor", "admin"))

@@ -15,6 +15,7 @@ from typing import Annotated, Any
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
@@ -42,7 +43,7 @@ from qward.sdk.core_client import AsyncCoreClient, CoreClient
 from qward.sdk.core_process import socket_path
 from qward.tensors import tensors_to_json
 
-__all__ = ["create_app"]
+__all__ = ["AttestationRequest", "create_app"]
 
 _MAX_BODY = 1024 * 1024 * 1024
 _STATUS: list[tuple[type[QwardError], int]] = [
@@ -75,6 +76,13 @@ def _plain_error(
         return JSONResponse({"error": f"{code}: {message}"}, status_code=status, headers=headers)
     body = {"error": {"code": code, "message": message}}
     return JSONResponse(body, status_code=status, headers=headers)
+
+
+class AttestationRequest(BaseModel):
+    """``POST /v1/attestation``: a fresh client nonce, 16 to 64 bytes in hex."""
+
+    model_config = ConfigDict(extra="forbid")
+    nonce: Annotated[str, Field(min_length=32, max_length=128, pattern="^([0-9a-f]{2})+$")]
 
 
 def create_app(
@@ -184,6 +192,13 @@ def create_app(
     def trust() -> Response:
         """The core's public keys: seal to ``hpke_recipient``, verify with the rest."""
         return Response(trust_source.current().to_bytes(), media_type="application/json")
+
+    @app.post("/v1/attestation")
+    async def attestation(request: AttestationRequest) -> Response:
+        """Fresh evidence binding the trust bundle and the client's nonce (logged by the core);
+        appraise it before pinning the keys (``qward trust fetch``)."""
+        answer = await run_in_threadpool(core.attest, bytes.fromhex(request.nonce))
+        return Response(answer, media_type="application/json")
 
     @app.post("/v1/models")
     async def register(request: Request, name: Annotated[str, Query(max_length=200)]) -> Any:

@@ -10,11 +10,13 @@ from qward.encoding import canonical_json
 __all__ = [
     "ACCESS_ENTRY",
     "ADMIN_ENTRY",
+    "ATTESTATION_ENTRY",
     "KEY_USE_ENTRY",
     "RECEIPT_ENTRY",
     "REPLAY_ENTRY",
     "access_entry",
     "admin_entry",
+    "attestation_entry",
     "key_use_entry",
     "receipt_entry",
     "replay_entry",
@@ -25,6 +27,7 @@ KEY_USE_ENTRY = "qward/key-use/v1"
 ADMIN_ENTRY = "qward/admin/v1"
 REPLAY_ENTRY = "qward/replay/v1"
 ACCESS_ENTRY = "qward/access/v1"
+ATTESTATION_ENTRY = "qward/attestation/v1"
 
 
 def receipt_entry(body: dict[str, Any], signature: ReceiptSignature) -> bytes:
@@ -81,6 +84,22 @@ def access_entry(
             "method": method,
             "path": path[:512],
             "decision": decision,
+            "at": at,
+        }
+    )
+
+
+def attestation_entry(
+    *, evidence: dict[str, Any], nonce_sha256: str, manifest_sha256: str, purpose: str, at: str
+) -> bytes:
+    """Evidence the core produced, what it binds and why: logged before it is handed out."""
+    return canonical_json(
+        {
+            "type": ATTESTATION_ENTRY,
+            "purpose": purpose,
+            "evidence": evidence,
+            "nonce_sha256": nonce_sha256,
+            "manifest_sha256": manifest_sha256,
             "at": at,
         }
     )

@@ -46,6 +46,8 @@ _BODY_FIELDS = {
     "log": dict,
     "signer": dict,
 }
+# Receipts from before attestation have no ``attestation`` member; newer ones always do.
+_OPTIONAL_FIELDS = {"attestation": dict}
 
 
 def _require_digest(section: dict[str, Any], key: str, where: str) -> None:
@@ -59,11 +61,11 @@ def check_body(body: dict[str, Any]) -> None:
     missing = sorted(set(_BODY_FIELDS) - set(body))
     if missing:
         raise FormatError(f"receipt body: missing {', '.join(missing)}")
-    extra = sorted(set(body) - set(_BODY_FIELDS))
+    extra = sorted(set(body) - set(_BODY_FIELDS) - set(_OPTIONAL_FIELDS))
     if extra:
         raise FormatError(f"receipt body: unexpected {', '.join(extra)}")
-    for key, kind in _BODY_FIELDS.items():
-        if not isinstance(body[key], kind) or isinstance(body[key], bool):
+    for key, kind in (_BODY_FIELDS | _OPTIONAL_FIELDS).items():
+        if key in body and (not isinstance(body[key], kind) or isinstance(body[key], bool)):
             raise FormatError(f"receipt body: {key} must be a {kind.__name__}")
     if body["format"] != RECEIPT_FORMAT:
         raise FormatError(f"receipt body: unsupported format {body['format']!r}")

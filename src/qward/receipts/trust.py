@@ -3,11 +3,15 @@
 A verifier never trusts keys that arrive inside the evidence it is checking; it looks up the key ids
 named by the evidence in this bundle. The bundle may also pin witnesses and a quorum: then every
 checkpoint a receipt rests on must carry that many valid witness cosignatures.
+
+A bundle pinned by ``qward trust fetch`` also carries ``attestation``: the client's appraisal of
+hardware evidence that bound exactly these keys (``qward.attestation.appraisal``). The evidence
+binds the bundle without that member (``manifest_bytes``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from qward.crypto.keys import HPKERecipientKey, ReceiptVerifyKey
@@ -35,6 +39,8 @@ class TrustBundle:
     #: The log's checkpoint key versions, each a set every key of which signs; a checkpoint must
     #: be signed by one whole set. Empty means one set: ``log_verifiers``.
     log_key_versions: tuple[tuple[NoteVerifier, ...], ...] = ()
+    #: The client's appraisal result (``qward/attestation-result/v1``), if it attested the core.
+    attestation: dict[str, Any] | None = None
 
     @property
     def log_key_sets(self) -> tuple[tuple[NoteVerifier, ...], ...]:
@@ -49,6 +55,10 @@ class TrustBundle:
         raise UnknownKeyError(
             f"receipt is signed by key {key_id}, which is not in the trust bundle"
         )
+
+    def manifest_bytes(self) -> bytes:
+        """The canonical bundle without the client's appraisal: the bytes evidence binds."""
+        return replace(self, attestation=None).to_bytes()
 
     def to_bytes(self) -> bytes:
         """Canonical JSON encoding."""
@@ -66,6 +76,8 @@ class TrustBundle:
                 "quorum": self.witness_policy.threshold,
                 "keys": [w.to_vkey() for w in self.witness_policy.witnesses],
             }
+        if self.attestation is not None:
+            doc["attestation"] = self.attestation
         return canonical_json(doc)
 
     @classmethod
@@ -94,7 +106,15 @@ class TrustBundle:
             hpke_recipient=HPKERecipientKey.from_json(doc.get("hpke_recipient")),
             witness_policy=_witness_policy(doc.get("witnesses")),
             log_key_versions=_log_key_versions(doc.get("log_key_versions")),
+            attestation=_attestation(doc.get("attestation")),
         )
+
+
+def _attestation(value: object) -> dict[str, Any] | None:
+    """The ``attestation`` member: absent, or an object (checked where it is used)."""
+    if value is not None and not isinstance(value, dict):
+        raise FormatError("trust bundle: attestation must be an object")
+    return value
 
 
 def _log_key_versions(value: object) -> tuple[tuple[NoteVerifier, ...], ...]:

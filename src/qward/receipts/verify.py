@@ -48,6 +48,9 @@ class Verifier:
            policy (the trust bundle's, unless one is given) must be met by its cosignatures.
         4. Check the checkpoint's origin against the pin and the body's ``log.origin``.
         5. Verify the RFC 9162 inclusion proof of the entry under the checkpoint's root.
+        6. If the trust bundle was pinned after an affirming appraisal, the receipt's own
+           attestation record must be affirming too, for the same evidence format and the same
+           measurements: the run happened on the core the client appraised.
         """
         bundle = ReceiptBundle.from_bytes(data)
         key = self._trust.receipt_key(bundle.signature.key_id)
@@ -71,6 +74,7 @@ class Verifier:
             proof=bundle.inclusion_proof,
             root=checkpoint.root_hash,
         )
+        _check_attestation(bundle.body.get("attestation"), self._trust.attestation)
         return VerifiedReceipt(bundle=bundle, checkpoint=checkpoint)
 
     @staticmethod
@@ -81,4 +85,20 @@ class Verifier:
             raise VerificationError(
                 f"model digest {digest} differs from the receipt's "
                 f"{verified.body['model']['sha256']}"
+            )
+
+
+def _check_attestation(record: object, appraised: dict[str, Any] | None) -> None:
+    """Step 6: a receipt from an appraised core names the same measured platform."""
+    if not appraised or appraised.get("status") != "affirming":
+        return
+    if not isinstance(record, dict) or record.get("status") != "affirming":
+        raise VerificationError(
+            "the trust bundle was pinned after hardware attestation, but the receipt's core "
+            "reports no affirming attestation"
+        )
+    for key in ("evidence_format", "measurements"):
+        if record.get(key) != appraised.get(key):
+            raise VerificationError(
+                f"the receipt's attestation {key} differs from the core the client appraised"
             )

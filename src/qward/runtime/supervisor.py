@@ -24,7 +24,13 @@ from qward.errors import FormatError, InputError, QwardError, RuntimeFailure
 from qward.framing import write_frame
 from qward.tensors import Tensor, decode_tensors, encode_tensors
 
-__all__ = ["DEFAULT_MAX_OUTPUT_BYTES", "DEFAULT_MEMORY_LIMIT", "WorkerPolicy", "WorkerProcess"]
+__all__ = [
+    "DEFAULT_MAX_OUTPUT_BYTES",
+    "DEFAULT_MEMORY_LIMIT",
+    "WorkerPolicy",
+    "WorkerProcess",
+    "worker_env",
+]
 
 DEFAULT_MEMORY_LIMIT = 4 * 1024 * 1024 * 1024
 DEFAULT_MAX_OUTPUT_BYTES = 64 * 1024 * 1024
@@ -54,7 +60,8 @@ class WorkerPolicy:
     unsafe_skip_layers: frozenset[str] = frozenset()
 
 
-def _worker_env() -> dict[str, str]:
+def worker_env() -> dict[str, str]:
+    """The worker's whole environment: single-threaded libraries, nothing secret."""
     env = {
         "ORT_DISABLE_TELEMETRY": "1",
         "OMP_NUM_THREADS": "1",
@@ -105,7 +112,7 @@ def _spawn(policy: WorkerPolicy, workdir: str) -> subprocess.Popen[bytes]:
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        env=_worker_env(),
+        env=worker_env(),
         close_fds=True,
         cwd=workdir,
         **identity,

@@ -24,7 +24,7 @@ import onnxruntime as ort
 
 from qward.errors import FormatError, InputError, QwardError, RuntimeFailure
 from qward.framing import read_frame, write_frame
-from qward.runtime import sandbox
+from qward.runtime import isolation, sandbox
 from qward.runtime.circuit_spec import CIRCUIT_CONTENT_TYPE, parse_circuit_spec
 from qward.runtime.determinism import (
     build_session_options,
@@ -34,10 +34,9 @@ from qward.runtime.determinism import (
     session_options_record,
 )
 from qward.runtime.model_checks import check_onnx_model
-from qward.runtime.namespaces import apply_capability_drop, apply_namespaces
 from qward.tensors import DATATYPES, Tensor, decode_tensors, encode_tensors
 
-__all__ = ["main"]
+__all__ = ["main", "read_paths"]
 
 MAX_MODEL_BYTES = 1024 * 1024 * 1024
 ONNX_CONTENT_TYPE = "application/onnx"
@@ -180,7 +179,8 @@ class _Model:
         return {name: t.to_numpy() for name, t in given.items()}
 
 
-def _read_paths() -> list[str]:
+def read_paths() -> list[str]:
+    """What the worker may read under Landlock: the interpreter, its libraries and qward."""
     paths = {
         sys.prefix,
         sys.base_prefix,
@@ -275,21 +275,18 @@ def _load(header: dict[str, Any], payload: bytes) -> tuple[Any, dict[str, Any]]:
     circuit = content_type == CIRCUIT_CONTENT_TYPE
     hide = _paths(header, "hide_paths")
     report = sandbox.IsolationReport(skip=_skipped_layers(header))
-    read_paths = _read_paths()
-    apply_namespaces(report, hide=hide, keep=tuple(read_paths))
-    apply_capability_drop(report)
-    sandbox.apply_no_new_privs(report)
-    sandbox.apply_landlock(report, read_only=read_paths)
-    sandbox.apply_rlimits(report, memory_limit=limits.memory_limit)
     probe_socket = _paths(header, "probe_unix_socket")
-    sandbox.probe(report, stage="namespaces", unix_socket=probe_socket[0] if probe_socket else None)
-    sandbox.apply_seccomp_denylist(report)
-    sandbox.probe(report, stage="pre-seccomp")
+    isolation.enter(
+        report,
+        hide=hide,
+        read_paths=read_paths(),
+        memory_limit=limits.memory_limit,
+        probe_socket=probe_socket[0] if probe_socket else None,
+    )
     model: Any = _open_circuit(payload) if circuit else _Model(payload, limits=limits)
     del payload
     model.warm_up()
-    sandbox.apply_seccomp(report)
-    sandbox.probe(report, stage="final")
+    isolation.lock(report)
     if circuit:
         profile, libraries = model.profile(), {**LIBRARIES, **model.versions}
     else:

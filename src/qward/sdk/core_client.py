@@ -162,6 +162,12 @@ class CoreClient:
         _, body = self.call({"op": "trust"})
         return TrustBundle.from_bytes(body)
 
+    def attest(self, nonce: bytes) -> bytes:
+        """Fresh evidence binding the core's trust bundle and ``nonce``: an
+        ``AttestationResponse``'s canonical bytes."""
+        _, body = self.call({"op": "attest", "nonce": nonce.hex()})
+        return body
+
     def register_model(self, sealed_model: bytes, *, name: str) -> ModelInfo:
         """Hand the core a sealed model; it opens it and starts a sandboxed worker."""
         reply, _ = self.call({"op": "register_model", "name": name}, sealed_model)

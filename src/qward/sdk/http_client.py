@@ -23,6 +23,7 @@ from qward.errors import (
 from qward.receipts.commitment import check_input
 from qward.receipts.trust import TrustBundle
 from qward.receipts.verify import VerifiedReceipt, Verifier
+from qward.sdk.attested_trust import require_attested
 from qward.sdk.client import seal_model
 from qward.tensors import Tensor, tensors_digest
 
@@ -169,9 +170,21 @@ def _chunks(data: bytes, progress: Callable[[int], None] | None) -> Iterator[byt
 
 
 class HTTPClient:
-    """Synchronous SDK over ``qward serve``."""
+    """Synchronous SDK over ``qward serve``; ``trust`` must carry an affirming appraisal
+    (``qward.sdk.attested_trust``) unless ``allow_software_only``."""
 
-    def __init__(self, url: str, *, token: str, trust: TrustBundle, timeout: float = 60.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        token: str,
+        trust: TrustBundle,
+        timeout: float = 60.0,
+        allow_software_only: bool = False,
+    ) -> None:
+        # A remote core's keys count only once hardware evidence bound them (or the caller
+        # explicitly accepts software-only isolation).
+        require_attested(trust, allow_software_only=allow_software_only)
         self._http = httpx.Client(
             base_url=url, timeout=timeout, headers=_auth_headers(token), transport=_Transport()
         )
@@ -231,7 +244,18 @@ class HTTPClient:
 class AsyncHTTPClient:
     """Asynchronous SDK over ``qward serve``, same checks as ``HTTPClient``."""
 
-    def __init__(self, url: str, *, token: str, trust: TrustBundle, timeout: float = 60.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        token: str,
+        trust: TrustBundle,
+        timeout: float = 60.0,
+        allow_software_only: bool = False,
+    ) -> None:
+        # A remote core's keys count only once hardware evidence bound them (or the caller
+        # explicitly accepts software-only isolation).
+        require_attested(trust, allow_software_only=allow_software_only)
         self._http = httpx.AsyncClient(
             base_url=url,
             timeout=timeout,
