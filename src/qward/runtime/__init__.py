@@ -13,6 +13,12 @@
   hashing the compiled circuit (imported only by circuit workers; the ``quantum`` extra).
 - ``model_checks``: what a model must be before it is sealed, registered or loaded (ONNX that
   parses, with no external data; or a valid circuit spec); used by the SDK, the core and the worker.
+- ``llm_profile``: the fixed llama.cpp settings, sampling parameters (reals as ``float.hex()``),
+  the GGUF header check and the token-by-token replay comparison (pure; no llama.cpp).
+- ``llm_template``: a model's chat template rendered in Jinja's immutable sandbox, with its digest.
+- ``memfd``: model bytes in a sealed memfd, opened as ``/proc/self/fd/N`` (never a named path).
+- ``llm``: deterministic, streamable, replayable GGUF generation on llama.cpp (optional
+  ``llama-cpp-python``; imported by GGUF workers only); ``llm_worker``: its worker frames.
 - ``worker``: the worker process (``python -m qward.runtime.worker``); it never holds a key.
 - ``supervisor``: ``WorkerPolicy`` and ``WorkerProcess``, used by the core to start, call and
   stop workers; it refuses a degraded sandbox unless the policy allows it, and caps outputs.

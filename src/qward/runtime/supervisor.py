@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
-from qward.encoding import parse_canonical_json
+from qward.encoding import canonical_json, parse_canonical_json
 from qward.errors import FormatError, InputError, QwardError, RuntimeFailure
 from qward.framing import write_frame
 from qward.tensors import Tensor, decode_tensors, encode_tensors
@@ -186,6 +186,7 @@ class WorkerProcess:
         content_type: str = "application/onnx",
         hide: tuple[str, ...] = (),
         probe_unix_socket: str | None = None,
+        chat_template: str | None = None,
     ) -> WorkerProcess:
         """Spawn a worker, hand it the model (ONNX, or a ``qward/circuit/v1`` spec when
         ``content_type`` says so) and wait for its sandbox report.
@@ -193,7 +194,9 @@ class WorkerProcess:
         Unless ``policy.allow_degraded``, a worker reporting any isolation layer not in force is
         killed and a ``RuntimeFailure`` names the layers. ``hide`` are directories the worker
         must not see (the core's state directory); ``probe_unix_socket`` names a socket the
-        worker's self-check tries to connect to (it must fail).
+        worker's self-check tries to connect to (it must fail). A GGUF model
+        (``application/x-gguf``) may come with ``chat_template``, Jinja text registered with it
+        for a GGUF that carries none.
         """
         policy = policy or WorkerPolicy()
         workdir = _private_workdir(policy.run_as)
@@ -215,6 +218,7 @@ class WorkerProcess:
                     "unsafe_skip_layers": sorted(policy.unsafe_skip_layers),
                     "hide_paths": list(hide),
                     "probe_unix_socket": [probe_unix_socket] if probe_unix_socket else [],
+                    **({"chat_template": chat_template} if chat_template is not None else {}),
                 },
                 model,
                 timeout,
@@ -295,6 +299,22 @@ class WorkerProcess:
         reply, body = self._exchange({"op": "run", "seed": seed}, encode_tensors(tensors), timeout)
         self._last_record = {k: v for k, v in reply.items() if k != "ok"}
         return decode_tensors(body)
+
+    def generate(
+        self, request: dict[str, Any], *, seed: int, timeout: float = 120.0
+    ) -> dict[str, Any]:
+        """Generate text with a GGUF worker; ``request`` is ``llm_worker``'s generate payload
+        (canonical JSON, reals as ``float.hex()`` text). Returns the generation record."""
+        _, body = self._exchange({"op": "generate", "seed": seed}, canonical_json(request), timeout)
+        return parse_canonical_json(body, what="generation record")
+
+    def replay_generation(
+        self, record: dict[str, Any], *, timeout: float = 120.0
+    ) -> dict[str, Any]:
+        """Regenerate ``record`` in the worker: ``{"generation", "divergence"}``, where
+        ``divergence`` is ``None`` or names the first differing token index."""
+        _, body = self._exchange({"op": "replay_generation"}, canonical_json(record), timeout)
+        return parse_canonical_json(body, what="replay result")
 
     def run_recorded(
         self, tensors: Sequence[Tensor], *, seed: int, timeout: float = 30.0

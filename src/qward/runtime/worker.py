@@ -27,12 +27,15 @@ from qward.framing import read_frame, write_frame
 from qward.runtime import isolation, sandbox
 from qward.runtime.circuit_spec import CIRCUIT_CONTENT_TYPE, parse_circuit_spec
 from qward.runtime.determinism import (
+    MAX_SEED,
     build_session_options,
     library_versions,
     platform_class,
     seed_everything,
     session_options_record,
 )
+from qward.runtime.llm_profile import GGUF_CONTENT_TYPE, check_gguf_header
+from qward.runtime.memfd import sealed_memfd
 from qward.runtime.model_checks import check_onnx_model
 from qward.tensors import DATATYPES, Tensor, decode_tensors, encode_tensors
 
@@ -201,6 +204,27 @@ def read_paths() -> list[str]:
 
 
 QUANTUM_EXTRA_MISSING = "this model needs the quantum extra: pip install 'qward[quantum]'"
+LLM_EXTRA_MISSING = "this model needs llama-cpp-python: pip install 'llama-cpp-python==0.3.*'"
+
+
+def _gguf_opener() -> Any:
+    # Imported only by GGUF workers, and BEFORE the sandbox: llama_cpp's package import pulls in
+    # diskcache and sqlite3, whose system library Landlock would (rightly) hide. Importing is our
+    # own code; the model's bytes reach llama.cpp only after every layer is up.
+    try:
+        from qward.runtime.llm_worker import open_gguf
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").partition(".")[0] in ("llama_cpp", "jinja2"):
+            raise InputError(LLM_EXTRA_MISSING) from None
+        raise
+    return open_gguf
+
+
+def _chat_template(header: dict[str, Any]) -> str | None:
+    template = header.get("chat_template")
+    if template is not None and not isinstance(template, str):
+        raise InputError("chat_template must be a string")
+    return template
 
 
 def _open_circuit(payload: bytes) -> Any:
@@ -270,9 +294,16 @@ def _load(header: dict[str, Any], payload: bytes) -> tuple[Any, dict[str, Any]]:
         raise InputError("model bytes do not match the announced model_sha256")
     limits = _limits(header)
     content_type = header.get("content_type", ONNX_CONTENT_TYPE)
-    if content_type not in (ONNX_CONTENT_TYPE, CIRCUIT_CONTENT_TYPE):
+    if content_type not in (ONNX_CONTENT_TYPE, CIRCUIT_CONTENT_TYPE, GGUF_CONTENT_TYPE):
         raise InputError(f"the worker cannot run models of type {content_type!r}")
     circuit = content_type == CIRCUIT_CONTENT_TYPE
+    gguf_fd = -1
+    if content_type == GGUF_CONTENT_TYPE:
+        # llama.cpp loads from a path: the bytes go into a sealed memfd now, while
+        # memfd_create is still allowed (the seccomp denylist below refuses it).
+        check_gguf_header(payload)
+        open_gguf = _gguf_opener()
+        gguf_fd = sealed_memfd(payload)
     hide = _paths(header, "hide_paths")
     report = sandbox.IsolationReport(skip=_skipped_layers(header))
     probe_socket = _paths(header, "probe_unix_socket")
@@ -283,11 +314,17 @@ def _load(header: dict[str, Any], payload: bytes) -> tuple[Any, dict[str, Any]]:
         memory_limit=limits.memory_limit,
         probe_socket=probe_socket[0] if probe_socket else None,
     )
-    model: Any = _open_circuit(payload) if circuit else _Model(payload, limits=limits)
+    model: Any
+    if gguf_fd >= 0:
+        model = open_gguf(gguf_fd, chat_template=_chat_template(header))
+    else:
+        model = _open_circuit(payload) if circuit else _Model(payload, limits=limits)
     del payload
     model.warm_up()
     isolation.lock(report)
-    if circuit:
+    if gguf_fd >= 0:
+        profile, libraries = model.profile(), {**LIBRARIES, **model.versions()}
+    elif circuit:
         profile, libraries = model.profile(), {**LIBRARIES, **model.versions}
     else:
         profile = {
@@ -297,7 +334,7 @@ def _load(header: dict[str, Any], payload: bytes) -> tuple[Any, dict[str, Any]]:
         libraries = LIBRARIES
     return model, {
         "ok": True,
-        "engine": "pennylane" if circuit else "onnxruntime",
+        "engine": "llama.cpp" if gguf_fd >= 0 else "pennylane" if circuit else "onnxruntime",
         "isolation": report.to_json(),
         "session_options": profile,
         "libraries": libraries,
@@ -330,7 +367,10 @@ def _serve(stdin: BinaryIO, stdout: BinaryIO) -> int:
         except EOFError:
             return 0
         try:
-            if header.get("op") != "run":
+            if header.get("op") in ("generate", "replay_generation"):
+                _text_frame(stdout, model, header, payload, limits)
+                continue
+            if header.get("op") != "run" or not hasattr(model, "run"):
                 raise FormatError(f"unknown worker operation {header.get('op')!r}")
             seed = header.get("seed")
             if not isinstance(seed, int):
@@ -344,6 +384,22 @@ def _serve(stdin: BinaryIO, stdout: BinaryIO) -> int:
                 write_frame(stdout, {"ok": True, "circuit": record}, encode_tensors(outputs))
         except Exception as exc:
             write_frame(stdout, _error(exc))
+
+
+def _text_frame(
+    stdout: BinaryIO, model: Any, header: dict[str, Any], payload: bytes, limits: _Limits
+) -> None:
+    if not hasattr(model, "generate"):
+        raise FormatError(f"{header.get('op')} needs a GGUF model")
+    if header["op"] == "replay_generation":
+        body = model.replay(payload)
+    else:
+        seed = header.get("seed")
+        if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= MAX_SEED:
+            raise InputError(f"seed must be an integer from 0 to {MAX_SEED}")
+        body = model.generate(payload, seed)
+    limits.check_outputs(len(body))
+    write_frame(stdout, {"ok": True}, body)
 
 
 # Read before the sandbox hides /proc/cpuinfo and the package metadata.
