@@ -10,6 +10,7 @@ inputs travel toward the core.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -21,9 +22,11 @@ from qward.tensors import Tensor
 __all__ = [
     "MAX_FRAME_PAYLOAD",
     "CoreInterface",
+    "GenerationResult",
     "ModelInfo",
     "ReplayResult",
     "RunResult",
+    "TokenChunk",
     "error_from_reply",
 ]
 
@@ -66,6 +69,27 @@ class RunResult:
 
 
 @dataclass(frozen=True, kw_only=True)
+class TokenChunk:
+    """One generated token as it is streamed: its index, id and the text it releases (text is
+    held back while it could begin a stop string)."""
+
+    index: int
+    token_id: int
+    text: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class GenerationResult:
+    """A finished text generation: the ``qward/generation/v1`` record (prompt and generated
+    token ids, text, finish reason, sampling parameters, seed) and the receipt bundle bytes."""
+
+    record: dict[str, Any]
+    receipt: bytes
+    receipt_id: str
+    log_index: int
+
+
+@dataclass(frozen=True, kw_only=True)
 class ReplayResult:
     """The verdict of a replay: bitwise-identical, within-tolerance or mismatch."""
 
@@ -82,7 +106,9 @@ class CoreInterface(Protocol):
 
     def trust(self) -> TrustBundle: ...
     def attest(self, nonce: bytes) -> bytes: ...
-    def register_model(self, sealed_model: bytes, *, name: str) -> ModelInfo: ...
+    def register_model(
+        self, sealed_model: bytes, *, name: str, chat_template: str | None = None
+    ) -> ModelInfo: ...
     def run(
         self,
         model_sha256: str,
@@ -92,6 +118,12 @@ class CoreInterface(Protocol):
         parameters: dict[str, Any],
         by_name: bool = False,
     ) -> RunResult: ...
+    def generate(
+        self, model: str, sealed_request: bytes, *, seed: int, by_name: bool = False
+    ) -> GenerationResult: ...
+    def generate_stream(
+        self, model: str, sealed_request: bytes, *, seed: int, by_name: bool = False
+    ) -> Iterator[TokenChunk | GenerationResult]: ...
     def replay(
         self,
         receipt: bytes,

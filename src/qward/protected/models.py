@@ -15,10 +15,12 @@ from pathlib import Path
 from qward.encoding import canonical_json, parse_canonical_json, read_limited
 from qward.errors import InputError, NotFoundError, QwardError
 from qward.runtime.circuit_spec import CIRCUIT_CONTENT_TYPE
+from qward.runtime.llm_profile import GGUF_CONTENT_TYPE
 from qward.runtime.supervisor import WorkerPolicy, WorkerProcess
 
 __all__ = [
     "DEFAULT_WORKERS",
+    "MAX_CHAT_TEMPLATE_BYTES",
     "MAX_MODEL_BYTES",
     "MODEL_CONTENT_TYPES",
     "ONNX_CONTENT_TYPE",
@@ -29,8 +31,11 @@ __all__ = [
 
 MAX_MODEL_BYTES = 1024 * 1024 * 1024
 ONNX_CONTENT_TYPE = "application/onnx"
-#: What a sealed model may hold: an ONNX graph or a declarative ``qward/circuit/v1`` spec.
-MODEL_CONTENT_TYPES = frozenset({ONNX_CONTENT_TYPE, CIRCUIT_CONTENT_TYPE})
+#: What a sealed model may hold: an ONNX graph, a declarative ``qward/circuit/v1`` spec or a GGUF
+#: language model.
+MODEL_CONTENT_TYPES = frozenset({ONNX_CONTENT_TYPE, CIRCUIT_CONTENT_TYPE, GGUF_CONTENT_TYPE})
+#: A chat template registered beside a GGUF model that carries none (Jinja text, not secret).
+MAX_CHAT_TEMPLATE_BYTES = 64 * 1024
 # Each worker is single-threaded for determinism, so parallelism comes from several workers; one
 # per core, up to two, unless QWARD_WORKERS_PER_MODEL says otherwise.
 DEFAULT_WORKERS = int(os.environ.get("QWARD_WORKERS_PER_MODEL", min(2, os.cpu_count() or 1)))
@@ -52,6 +57,7 @@ class ModelEntry:
     sealed_sha256: str
     name: str
     content_type: str = ONNX_CONTENT_TYPE
+    chat_template: str | None = None
     pool: list[WorkerProcess] = field(default_factory=list)
     idle: queue.SimpleQueue[WorkerProcess] = field(default_factory=queue.SimpleQueue)
     unloaded: bool = False
@@ -74,10 +80,19 @@ def _read_record(meta: Path) -> ModelEntry:
         name=str(doc.get("name")),
         # Records written before circuits existed have no content type: they are ONNX.
         content_type=str(doc.get("content_type", ONNX_CONTENT_TYPE)),
+        chat_template=_chat_template(doc.get("chat_template")),
     )
     if entry.content_type not in MODEL_CONTENT_TYPES:
         raise InputError(f"model record {meta.name}: unknown content type")
     return entry
+
+
+def _chat_template(value: object) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value.encode("utf-8")) > MAX_CHAT_TEMPLATE_BYTES:
+        raise InputError(f"a chat template is text of at most {MAX_CHAT_TEMPLATE_BYTES} bytes")
+    return value
 
 
 def _report(event: str, model_sha256: str, reason: str) -> None:
@@ -120,10 +135,15 @@ class ModelRegistry:
         sealed: bytes,
         name: str,
         content_type: str = ONNX_CONTENT_TYPE,
+        chat_template: str | None = None,
     ) -> ModelEntry:
-        """Store a sealed model (idempotent for the same plaintext digest)."""
+        """Store a sealed model (idempotent for the same plaintext digest); a GGUF model may
+        come with the chat template it is to be prompted with."""
         if content_type not in MODEL_CONTENT_TYPES:
             raise InputError(f"a model cannot be of type {content_type!r}")
+        if chat_template is not None and content_type != GGUF_CONTENT_TYPE:
+            raise InputError("only a GGUF model takes a chat template")
+        _chat_template(chat_template)
         with self._lock:
             existing = self._models.get(model_sha256)
             if existing is not None:
@@ -136,6 +156,8 @@ class ModelRegistry:
                     raise InputError(
                         f"this model is already registered as {existing.content_type!r}"
                     )
+                if existing.chat_template != chat_template:
+                    raise InputError("this model is already registered with another chat template")
                 existing.unloaded = False
                 return existing
             sealed_sha = hashlib.sha256(sealed).hexdigest()
@@ -143,12 +165,15 @@ class ModelRegistry:
             record = {"name": name, "sealed_sha256": sealed_sha}
             if content_type != ONNX_CONTENT_TYPE:  # ONNX records keep their original bytes
                 record["content_type"] = content_type
+            if chat_template is not None:
+                record["chat_template"] = chat_template
             (self._dir / f"{model_sha256}.json").write_bytes(canonical_json(record))
             entry = ModelEntry(
                 model_sha256=model_sha256,
                 sealed_sha256=sealed_sha,
                 name=name,
                 content_type=content_type,
+                chat_template=chat_template,
             )
             self._models[model_sha256] = entry
             return entry
@@ -198,6 +223,7 @@ class ModelRegistry:
                         model=plaintext,
                         model_sha256=entry.model_sha256,
                         content_type=entry.content_type,
+                        chat_template=entry.chat_template,
                         policy=self.policy,
                         hide=(str(self._dir.resolve().parent),),
                     )

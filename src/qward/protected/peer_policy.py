@@ -19,6 +19,7 @@ OPERATION_CLASSES: dict[str, str] = {
     "trust": "data",
     "attest": "data",
     "run": "data",
+    "generate": "data",
     "replay": "data",
     "register_model": "data",
     "unload_model": "data",

@@ -174,10 +174,14 @@ class _Handler(socketserver.BaseRequestHandler):
                 return
             send_frame(self.request, *self._answer(header, payload))
 
+    def _emit(self, header: dict[str, Any]) -> None:
+        """An interim frame of a streamed reply (a generated token)."""
+        send_frame(self.request, header)
+
     def _answer(self, header: dict[str, Any], payload: bytes) -> tuple[dict[str, Any], bytes]:
         try:
             self._authorize(str(header.get("op")))
-            return self.server.service.dispatch(header, payload)
+            return self.server.service.dispatch(header, payload, self._emit)
         except QwardError as exc:
             return {"ok": False, "code": exc.code, "message": str(exc)}, b""
         except Exception:

@@ -20,10 +20,15 @@ from qward import __version__
 from qward.attestation.binding import MAX_NONCE_BYTES, MIN_NONCE_BYTES
 from qward.attestation.response import AttestationResponse
 from qward.crypto.envelope import SealedArtifact, parse_sealed
-from qward.encoding import b64decode, b64encode, canonical_json
+from qward.encoding import b64decode, b64encode, canonical_json, parse_canonical_json
 from qward.errors import InputError, QwardError
 from qward.protected.attestation import CoreAttestation, SoftwareOnlyAttester
 from qward.protected.auditor import Auditor
+from qward.protected.generation import (
+    GENERATION_REQUEST_CONTENT_TYPE,
+    MAX_GENERATION_REQUEST_BYTES,
+    generation_receipt_body,
+)
 from qward.protected.key_admin import KEY_ADMIN_OPS, build_trust, check_unwrap
 from qward.protected.keystore import CoreKeys
 from qward.protected.models import (
@@ -51,6 +56,7 @@ from qward.receipts.receipt import RECEIPT_FORMAT, SIGNING_CONTEXT, ReceiptBundl
 from qward.receipts.replay_verdict import judge
 from qward.receipts.trust import TrustBundle
 from qward.receipts.verify import Verifier
+from qward.runtime.llm_profile import GGUF_CONTENT_TYPE
 from qward.runtime.model_checks import check_model_bytes
 from qward.tensors import Tensor, decode_tensors, encode_tensors, tensors_digest
 from qward.tlog.witness_policy import WitnessPolicy
@@ -260,7 +266,11 @@ class CoreService:
         del plaintext
         known = digest in self._models
         entry = self._models.add(
-            model_sha256=digest, sealed=payload, name=name, content_type=content_type
+            model_sha256=digest,
+            sealed=payload,
+            name=name,
+            content_type=content_type,
+            chat_template=_optional_text(header.get("chat_template"), "chat_template"),
         )
         try:
             worker = self._models.ensure_workers(entry, self._opener(request_id, content_type))
@@ -319,11 +329,7 @@ class CoreService:
         return worker, inputs, outputs, {**record, "input": input_section(inputs, salt)}
 
     def op_run(self, header: dict[str, Any], payload: bytes) -> Reply:
-        # By digest, or by name (resolved here, in one step with the run, for V2 clients).
-        if "model_name" in header:
-            entry = self._models.by_name(str(header["model_name"]))
-        else:
-            entry = self._models.get(str(header.get("model_sha256")))
+        entry = self._entry(header)
         parameters = _parameters(header.get("parameters", {}))
         seed = _seed(header.get("seed"))
         request_id = self._src.token()
@@ -340,6 +346,10 @@ class CoreService:
             request_id=request_id,
             record=record,
         )
+        return self._issue(body, request_id), encode_tensors(outputs)
+
+    def _issue(self, body: dict[str, Any], request_id: str) -> dict[str, Any]:
+        """Sign ``body``, log it, publish a checkpoint covering it: the reply naming the receipt."""
         with tracer().start_as_current_span(
             "qward.sign",
             attributes={
@@ -365,7 +375,68 @@ class CoreService:
             "receipt": bundle.to_bytes().decode("utf-8"),
             "receipt_id": bundle.receipt_id,
             "log_index": index,
-        }, encode_tensors(outputs)
+        }
+
+    def op_generate(
+        self,
+        header: dict[str, Any],
+        payload: bytes,
+        emit: Callable[[dict[str, Any]], None] | None = None,
+    ) -> Reply:
+        """Generate text with a GGUF model on a sealed request. With ``emit`` (a streaming
+        caller), each token is relayed as it is sampled; the receipt comes in the last frame.
+        A generation the caller stops listening to still runs to its end and is receipted."""
+        entry = self._entry(header)
+        if entry.content_type != GGUF_CONTENT_TYPE:
+            raise InputError(f"model {entry.name!r} is not a language model")
+        seed = _seed(header.get("seed"))
+        request_id = self._src.token()
+        plaintext = self._open(
+            payload,
+            purpose="unseal-input",
+            request_id=request_id,
+            content_type=GENERATION_REQUEST_CONTENT_TYPE,
+            limit=MAX_GENERATION_REQUEST_BYTES,
+        )
+        request = parse_canonical_json(plaintext, what="generation request")
+        relay = None if emit is None else _token_relay(emit)
+        with (
+            self._models.borrow(entry, self._opener(request_id, entry.content_type)) as worker,
+            tracer().start_as_current_span("qward.generate", attributes={"qward.seed": seed}),
+        ):
+            record = worker.generate(request, seed=seed, on_token=relay)
+        body = generation_receipt_body(
+            entry,
+            worker.info,
+            record,
+            request_sha256=hashlib.sha256(plaintext).hexdigest(),
+            base=self._receipt_common(request_id),
+        )
+        return self._issue(body, request_id), canonical_json(record)
+
+    def _entry(self, header: dict[str, Any]) -> ModelEntry:
+        # By digest, or by name (resolved here, in one step with the run, for V2 clients).
+        if "model_name" in header:
+            return self._models.by_name(str(header["model_name"]))
+        return self._models.get(str(header.get("model_sha256")))
+
+    def _receipt_common(self, request_id: str) -> dict[str, Any]:
+        """The receipt members every kind of run shares."""
+        return {
+            "format": RECEIPT_FORMAT,
+            "receipt_id": request_id,
+            "issued_at": self._now(),
+            "attestation": self.attestation.receipt_record,
+            "key_uses": [
+                {"key_id": self._keys.hpke_public.key_id, "purpose": "unseal-input"},
+                {"key_id": self._keys.receipt_signer.key_id, "purpose": "sign-receipt"},
+            ],
+            "log": {"origin": self._auditor.origin},
+            "signer": {
+                "suite": self._keys.receipt_signer.public_key.suite,
+                "key_id": self._keys.receipt_signer.key_id,
+            },
+        }
 
     def _receipt_body(
         self,
@@ -380,9 +451,7 @@ class CoreService:
         record: dict[str, Any],
     ) -> dict[str, Any]:
         return {
-            "format": RECEIPT_FORMAT,
-            "receipt_id": request_id,
-            "issued_at": self._now(),
+            **self._receipt_common(request_id),
             "model": {
                 "sha256": entry.model_sha256,
                 "sealed_sha256": entry.sealed_sha256,
@@ -402,16 +471,6 @@ class CoreService:
                 **({"circuit": record["circuit"]} if "circuit" in record else {}),
             },
             "isolation": info["isolation"],
-            "attestation": self.attestation.receipt_record,
-            "key_uses": [
-                {"key_id": self._keys.hpke_public.key_id, "purpose": "unseal-input"},
-                {"key_id": self._keys.receipt_signer.key_id, "purpose": "sign-receipt"},
-            ],
-            "log": {"origin": self._auditor.origin},
-            "signer": {
-                "suite": self._keys.receipt_signer.public_key.suite,
-                "key_id": self._keys.receipt_signer.key_id,
-            },
         }
 
     def op_replay(self, header: dict[str, Any], payload: bytes) -> Reply:
@@ -536,9 +595,19 @@ class CoreService:
         proof = self._auditor.consistency_proof(_int(header, "old_size"), _int(header, "new_size"))
         return {"ok": True, "proof": [b64encode(h) for h in proof]}, b""
 
-    def dispatch(self, header: dict[str, Any], payload: bytes) -> Reply:
-        """Route one request to its operation."""
-        handler = _OPS.get(str(header.get("op"))) or KEY_ADMIN_OPS.get(str(header.get("op")))
+    def dispatch(
+        self,
+        header: dict[str, Any],
+        payload: bytes,
+        emit: Callable[[dict[str, Any]], None] | None = None,
+    ) -> Reply:
+        """Route one request to its operation; ``emit`` sends interim frames to a caller that
+        asked for a stream (``{"op": "generate", "stream": true}``)."""
+        op = str(header.get("op"))
+        if op == "generate" and header.get("stream") is True and emit is not None:
+            with tracer().start_as_current_span("qward.core.generate"):
+                return self.op_generate(header, payload, emit)
+        handler = _OPS.get(op) or KEY_ADMIN_OPS.get(op)
         if handler is None:
             raise InputError(f"unknown core operation {header.get('op')!r}")
         with tracer().start_as_current_span(f"qward.core.{header['op']}"):
@@ -587,6 +656,28 @@ def _aggregate_access(entry: bytes, header: dict[str, Any]) -> bytes:
     return canonical_json(record)
 
 
+def _optional_text(value: object, key: str) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise InputError(f"{key} must be a string")
+    return value
+
+
+def _token_relay(emit: Callable[[dict[str, Any]], None]) -> Callable[[dict[str, Any]], None]:
+    """Pass worker token frames on to the caller; once the caller is gone, drop them (the
+    generation still completes, and its receipt is logged)."""
+    gone: list[bool] = []
+
+    def relay(frame: dict[str, Any]) -> None:
+        if gone:
+            return
+        try:
+            emit({k: frame[k] for k in ("ok", "event", "index", "token_id", "text")})
+        except OSError:
+            gone.append(True)
+
+    return relay
+
+
 def _int(header: dict[str, Any], key: str) -> int:
     value = header.get(key)
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
@@ -599,6 +690,7 @@ _OPS: dict[str, Callable[[CoreService, dict[str, Any], bytes], Reply]] = {
     "attest": CoreService.op_attest,
     "register_model": CoreService.op_register_model,
     "run": CoreService.op_run,
+    "generate": CoreService.op_generate,
     "replay": CoreService.op_replay,
     "checkpoint": CoreService.op_checkpoint,
     "models": CoreService.op_models,

@@ -140,7 +140,7 @@ def load_certificate_chain(path: str) -> tuple[bytes, ...]:
 
 def _tss() -> ModuleType:
     try:
-        import tpm2_pytss  # type: ignore[import-untyped]
+        import tpm2_pytss
     except ImportError:
         raise AttestationError(
             "a TPM is configured but tpm2-pytss is not installed (pip install 'qward[tpm]')",

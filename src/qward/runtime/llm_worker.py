@@ -14,11 +14,12 @@ reply payload is the ``Generation.record()``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from qward.encoding import canonical_json, parse_canonical_json
 from qward.errors import InputError
-from qward.runtime.llm import GGUFEngine, TokenReplayMismatchError
+from qward.runtime.llm import GGUFEngine, TokenEvent, TokenReplayMismatchError
 from qward.runtime.llm_profile import SamplingParameters
 from qward.runtime.llm_template import parse_messages
 
@@ -48,8 +49,14 @@ class GGUFWorkerModel:
         """Library versions the load reply adds (read at load, before the allowlist)."""
         return dict(self.engine.profile["versions"])
 
-    def generate(self, payload: bytes, seed: int) -> bytes:
-        """Answer one ``generate`` frame; the reply payload is the generation record."""
+    def generate(
+        self,
+        payload: bytes,
+        seed: int,
+        on_token: Callable[[TokenEvent], bool | None] | None = None,
+    ) -> bytes:
+        """Answer one ``generate`` frame; the reply payload is the generation record.
+        ``on_token`` sees each token as it is sampled (for streaming)."""
         request = _request(payload)
         parameters = SamplingParameters.from_record(request.get("parameters", {}))
         mode = request.get("mode")
@@ -63,7 +70,9 @@ class GGUFWorkerModel:
             prompt = list(self.engine.completion_prompt(request["prompt"]))
         else:
             raise InputError("a generate request needs a completion prompt or chat messages")
-        result = self.engine.generate(prompt, parameters, seed=seed, mode=str(mode))
+        result = self.engine.generate(
+            prompt, parameters, seed=seed, mode=str(mode), on_token=on_token
+        )
         return canonical_json(result.record())
 
     def replay(self, payload: bytes) -> bytes:

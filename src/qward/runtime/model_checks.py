@@ -16,6 +16,7 @@ import onnx
 
 from qward.errors import InputError
 from qward.runtime.circuit_spec import CIRCUIT_CONTENT_TYPE, is_circuit_spec, parse_circuit_spec
+from qward.runtime.llm_profile import GGUF_CONTENT_TYPE, check_gguf_header, is_gguf
 
 __all__ = ["check_model_bytes", "check_onnx_model", "external_data_tensors"]
 
@@ -93,7 +94,11 @@ def check_onnx_model(data: bytes) -> onnx.ModelProto:
 
 def check_model_bytes(data: bytes) -> str:
     """Check a model's plaintext and return its content type: a valid ``qward/circuit/v1`` spec,
-    or an ONNX model that passes ``check_onnx_model``."""
+    a GGUF language model whose header parses, or an ONNX model that passes
+    ``check_onnx_model``."""
+    if is_gguf(data):
+        check_gguf_header(data)
+        return GGUF_CONTENT_TYPE
     if is_circuit_spec(data):
         parse_circuit_spec(data)
         return CIRCUIT_CONTENT_TYPE

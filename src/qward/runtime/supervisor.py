@@ -15,7 +15,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
@@ -251,7 +251,12 @@ class WorkerProcess:
         return self._proc.pid
 
     def _exchange(
-        self, header: dict[str, Any], payload: bytes, timeout: float
+        self,
+        header: dict[str, Any],
+        payload: bytes,
+        timeout: float,
+        *,
+        on_interim: Callable[[dict[str, Any]], None] | None = None,
     ) -> tuple[dict[str, Any], bytes]:
         with self._lock:
             if not self.alive:
@@ -259,11 +264,16 @@ class WorkerProcess:
             assert self._proc.stdin is not None and self._proc.stdout is not None
             try:
                 write_frame(self._proc.stdin, header, payload)  # type: ignore[arg-type]
-                reply, body = _read_reply(
-                    self._proc.stdout,  # type: ignore[arg-type]
-                    timeout,
-                    self.policy.max_output_bytes + _REPLY_OVERHEAD,
-                )
+                while True:
+                    reply, body = _read_reply(
+                        self._proc.stdout,  # type: ignore[arg-type]
+                        timeout,
+                        self.policy.max_output_bytes + _REPLY_OVERHEAD,
+                    )
+                    # Interim frames (streamed tokens) come only when asked for.
+                    if on_interim is None or reply.get("event") != "token" or not reply.get("ok"):
+                        break
+                    on_interim(reply)
             except _OutputTooLargeError as exc:
                 # The unread body is still in the pipe: the worker cannot be reused.
                 self._kill("output over the limit")
@@ -301,11 +311,22 @@ class WorkerProcess:
         return decode_tensors(body)
 
     def generate(
-        self, request: dict[str, Any], *, seed: int, timeout: float = 120.0
+        self,
+        request: dict[str, Any],
+        *,
+        seed: int,
+        timeout: float = 120.0,
+        on_token: Callable[[dict[str, Any]], None] | None = None,
     ) -> dict[str, Any]:
         """Generate text with a GGUF worker; ``request`` is ``llm_worker``'s generate payload
-        (canonical JSON, reals as ``float.hex()`` text). Returns the generation record."""
-        _, body = self._exchange({"op": "generate", "seed": seed}, canonical_json(request), timeout)
+        (canonical JSON, reals as ``float.hex()`` text). Returns the generation record.
+
+        With ``on_token``, the worker streams: each sampled token arrives as an interim frame
+        (``{"event": "token", "index", "token_id", "text"}``) and is handed to ``on_token``
+        before the final frame; ``timeout`` then bounds the wait for each frame.
+        """
+        header = {"op": "generate", "seed": seed, "stream": on_token is not None}
+        _, body = self._exchange(header, canonical_json(request), timeout, on_interim=on_token)
         return parse_canonical_json(body, what="generation record")
 
     def replay_generation(

@@ -15,6 +15,7 @@ import os
 import sys
 import sysconfig
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
@@ -386,6 +387,16 @@ def _serve(stdin: BinaryIO, stdout: BinaryIO) -> int:
             write_frame(stdout, _error(exc))
 
 
+def _token_frames(stdout: BinaryIO) -> Callable[[Any], None]:
+    """Write one interim frame per sampled token (the final frame carries the record)."""
+
+    def send(event: Any) -> None:
+        frame = {"ok": True, "event": "token", "index": event.index, "token_id": event.token_id}
+        write_frame(stdout, {**frame, "text": event.text})
+
+    return send
+
+
 def _text_frame(
     stdout: BinaryIO, model: Any, header: dict[str, Any], payload: bytes, limits: _Limits
 ) -> None:
@@ -397,7 +408,9 @@ def _text_frame(
         seed = header.get("seed")
         if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= MAX_SEED:
             raise InputError(f"seed must be an integer from 0 to {MAX_SEED}")
-        body = model.generate(payload, seed)
+        body = model.generate(
+            payload, seed, _token_frames(stdout) if header.get("stream") else None
+        )
     limits.check_outputs(len(body))
     write_frame(stdout, {"ok": True}, body)
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from qward.core_api import CoreInterface, ModelInfo, ReplayResult
 from qward.crypto.envelope import seal as _seal
+from qward.encoding import canonical_json
 from qward.errors import ReplayMismatchError, VerificationError
 from qward.receipts.commitment import (
     INPUT_CONTENT_TYPE,
@@ -22,6 +23,7 @@ from qward.receipts.commitment import (
     check_input,
     salted_plaintext,
 )
+from qward.receipts.generation import GENERATION_REQUEST_CONTENT_TYPE
 from qward.receipts.replay_verdict import BITWISE, WITHIN_TOLERANCE
 from qward.receipts.trust import TrustBundle
 from qward.receipts.verify import VerifiedReceipt, Verifier
@@ -35,6 +37,7 @@ __all__ = [
     "MODEL_CONTENT_TYPE",
     "Client",
     "VerifiedRun",
+    "seal_generation_request",
     "seal_input",
     "seal_model",
     "verify",
@@ -68,6 +71,16 @@ def seal_input(
         plaintext = salted_plaintext(salt, encode_tensors(tensors))
         content_type = SALTED_INPUT_CONTENT_TYPE
     return _seal(plaintext, recipient=trust.hpke_recipient, content_type=content_type)
+
+
+def seal_generation_request(request: dict[str, Any], *, trust: TrustBundle) -> bytes:
+    """Seal a text-generation request (``{"mode": "chat", "messages": [...]}`` or
+    ``{"mode": "completion", "prompt": ...}``, with ``"parameters"``) to the core."""
+    return _seal(
+        canonical_json(request),
+        recipient=trust.hpke_recipient,
+        content_type=GENERATION_REQUEST_CONTENT_TYPE,
+    )
 
 
 def verify(receipt: bytes, *, trust: TrustBundle) -> VerifiedReceipt:

@@ -11,18 +11,21 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from qward.core_api import (
     MAX_FRAME_PAYLOAD,
+    GenerationResult,
     ModelInfo,
     ReplayResult,
     RunResult,
+    TokenChunk,
     error_from_reply,
 )
-from qward.encoding import b64decode, b64encode
+from qward.encoding import b64decode, b64encode, parse_canonical_json
 from qward.errors import CoreUnavailableError, InputError
 from qward.framing import MAX_HEADER_BYTES, encode_frame, read_frame_async, recv_frame
 from qward.receipts.trust import TrustBundle
@@ -50,6 +53,31 @@ def _run_header(
 ) -> dict[str, Any]:
     key = "model_name" if by_name else "model_sha256"
     return {"op": "run", key: model, "seed": seed, "parameters": parameters}
+
+
+def _generate_header(model: str, *, seed: int, by_name: bool, stream: bool) -> dict[str, Any]:
+    key = "model_name" if by_name else "model_sha256"
+    return {"op": "generate", key: model, "seed": seed, "stream": stream}
+
+
+def _generation_result(reply: dict[str, Any], body: bytes) -> GenerationResult:
+    return GenerationResult(
+        record=parse_canonical_json(body, what="generation record"),
+        receipt=reply["receipt"].encode("utf-8"),
+        receipt_id=reply["receipt_id"],
+        log_index=reply["log_index"],
+    )
+
+
+def _stream_item(reply: dict[str, Any], body: bytes) -> TokenChunk | GenerationResult:
+    """An interim token frame, or (the last frame) the result; a reported error is raised."""
+    if not reply.get("ok"):
+        raise error_from_reply(reply)
+    if reply.get("event") == "token":
+        return TokenChunk(
+            index=int(reply["index"]), token_id=int(reply["token_id"]), text=str(reply["text"])
+        )
+    return _generation_result(reply, body)
 
 
 def _run_result(reply: dict[str, Any], body: bytes) -> RunResult:
@@ -168,9 +196,47 @@ class CoreClient:
         _, body = self.call({"op": "attest", "nonce": nonce.hex()})
         return body
 
-    def register_model(self, sealed_model: bytes, *, name: str) -> ModelInfo:
-        """Hand the core a sealed model; it opens it and starts a sandboxed worker."""
-        reply, _ = self.call({"op": "register_model", "name": name}, sealed_model)
+    def generate(
+        self, model: str, sealed_request: bytes, *, seed: int, by_name: bool = False
+    ) -> GenerationResult:
+        """Generate text with a GGUF model on a sealed ``GENERATION_REQUEST_CONTENT_TYPE``
+        request; returns the generation record and its receipt."""
+        header = _generate_header(model, seed=seed, by_name=by_name, stream=False)
+        return _generation_result(*self.call(header, sealed_request))
+
+    def generate_stream(
+        self, model: str, sealed_request: bytes, *, seed: int, by_name: bool = False
+    ) -> Iterator[TokenChunk | GenerationResult]:
+        """``generate``, yielding each token as the worker samples it and the result last.
+        Closing the iterator early drops the connection; the core still finishes and receipts
+        the generation."""
+        header = _generate_header(model, seed=seed, by_name=by_name, stream=True)
+        sock = self._connect()
+        done = False
+        try:
+            sock.sendall(_frame(header, sealed_request))
+            while not done:
+                item = _stream_item(*recv_frame(sock, max_payload=MAX_FRAME_PAYLOAD))
+                done = isinstance(item, GenerationResult)
+                yield item
+        except (OSError, EOFError) as exc:
+            raise CoreUnavailableError(f"the protected core connection failed: {exc}") from None
+        finally:
+            if done:
+                with self._lock:
+                    self._idle.append(sock)
+            else:
+                sock.close()
+
+    def register_model(
+        self, sealed_model: bytes, *, name: str, chat_template: str | None = None
+    ) -> ModelInfo:
+        """Hand the core a sealed model; it opens it and starts a sandboxed worker. A GGUF
+        model that carries no chat template may be given one (Jinja text, not secret)."""
+        header: dict[str, Any] = {"op": "register_model", "name": name}
+        if chat_template is not None:
+            header["chat_template"] = chat_template
+        reply, _ = self.call(header, sealed_model)
         return _model_info(reply)
 
     def run(
@@ -324,6 +390,40 @@ class AsyncCoreClient:
         """``CoreClient.run``, awaited."""
         header = _run_header(model, seed=seed, parameters=parameters, by_name=by_name)
         return _run_result(*await self.call(header, sealed_input))
+
+    async def generate(
+        self, model: str, sealed_request: bytes, *, seed: int, by_name: bool = False
+    ) -> GenerationResult:
+        """``CoreClient.generate``, awaited."""
+        header = _generate_header(model, seed=seed, by_name=by_name, stream=False)
+        return _generation_result(*await self.call(header, sealed_request))
+
+    async def generate_stream(
+        self, model: str, sealed_request: bytes, *, seed: int, by_name: bool = False
+    ) -> AsyncIterator[TokenChunk | GenerationResult]:
+        """``CoreClient.generate_stream``, awaited frame by frame."""
+        header = _generate_header(model, seed=seed, by_name=by_name, stream=True)
+        reader, writer = await self._connect()
+        done = False
+        try:
+            writer.write(_frame(header, sealed_request))
+            await writer.drain()
+            while not done:
+                frame = await asyncio.wait_for(
+                    read_frame_async(reader, max_payload=MAX_FRAME_PAYLOAD), self._timeout
+                )
+                item = _stream_item(*frame)
+                done = isinstance(item, GenerationResult)
+                yield item
+        except (OSError, EOFError, asyncio.IncompleteReadError, TimeoutError) as exc:
+            raise CoreUnavailableError(
+                f"the protected core connection failed: {type(exc).__name__}"
+            ) from None
+        finally:
+            if done:
+                self._idle.append((reader, writer))
+            else:
+                writer.close()  # mid-stream: never reuse
 
     async def record_access(
         self,
