@@ -72,7 +72,7 @@ def request_file(tmp_path: Path) -> Path:
     return path
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -98,7 +98,7 @@ def start_serve(
     """
     state.mkdir(parents=True, exist_ok=True)
     token, _ = TokenStore(state / TOKEN_FILE).create(role="admin", models=())
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -117,7 +117,7 @@ def start_serve(
         stderr=subprocess.DEVNULL,
     )
     url = f"http://127.0.0.1:{port}"
-    _wait_for(url, proc)
+    wait_for(url, proc)
     return Served(
         proc=proc, url=url, state=state, headers={"Authorization": f"Bearer {token}"}, token=token
     )
@@ -143,7 +143,7 @@ def public_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     stop_serve(served)
 
 
-def _wait_for(url: str, proc: subprocess.Popen[bytes]) -> None:
+def wait_for(url: str, proc: subprocess.Popen[bytes]) -> None:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and proc.poll() is None:
         try:

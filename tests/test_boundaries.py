@@ -21,7 +21,7 @@ from qward.receipts.trust import TrustBundle
 from qward.sdk.client import seal_input, seal_model
 from qward.tensors import tensors_from_json
 
-from conftest import Served, _free_port, _wait_for, example_bytes
+from conftest import Served, example_bytes, free_port, wait_for
 
 PUBLIC_FLOW = textwrap.dedent("""
     import sys
@@ -200,13 +200,13 @@ def _core_pids(state_dir: Path) -> list[int]:
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
 def test_core_does_not_outlive_qward_serve(tmp_path: Path, sig: signal.Signals) -> None:
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "qward", "serve", "--state-dir", str(tmp_path), "--port", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    _wait_for(f"http://127.0.0.1:{port}", proc)
+    wait_for(f"http://127.0.0.1:{port}", proc)
     assert len(_core_pids(tmp_path)) == 1
     proc.send_signal(sig)
     proc.wait(30)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import tritonclient.http as triton
 
-from conftest import Served, example_bytes, start_serve, stop_serve
+from conftest import Served, example_bytes, free_port, start_serve, stop_serve, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -78,3 +78,21 @@ def test_serve_without_arguments_answers_stock_tritonclient(served: Served) -> N
     assert labels, result.get_response()
     assert result.get_response()["parameters"]["qward_receipt_id"]
     client.close()
+
+
+def test_serve_with_the_default_relative_state_dir(tmp_path: Path) -> None:
+    """Regression: `qward serve` run in a directory (state in ./.qward, a relative path) never
+    came up, because the core it starts runs with / as its working directory."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "qward", "serve", "--port", str(port), "--no-example-model"],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for(f"http://127.0.0.1:{port}", proc)
+        assert (tmp_path / ".qward" / "keystore.json").exists()
+    finally:
+        proc.terminate()
+        proc.wait(30)

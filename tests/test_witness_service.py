@@ -23,7 +23,7 @@ from qward.tlog.witness import add_checkpoint_body
 from qward.tlog.witness_client import WitnessClient, WitnessEndpoint
 from qward.tlog.witness_policy import Quorum
 
-from conftest import _free_port
+from conftest import free_port
 
 ORIGIN = "log.example/served"
 LOG_SIGNER = Ed25519NoteSigner(name=ORIGIN, private_key=ed25519.Ed25519PrivateKey.generate())
@@ -100,7 +100,7 @@ def init_witnesses(tmp_path: Path, count: int, logs: tuple[str, ...]) -> list[Wi
         )
         keys = tuple(NoteVerifier.from_vkey(line) for line in init.stdout.split())
         assert {k.algorithm for k in keys} == {0x04, 0x06}
-        made.append(WitnessProcess(state=state, port=_free_port(), keys=keys, logs=logs))
+        made.append(WitnessProcess(state=state, port=free_port(), keys=keys, logs=logs))
     return made
 
 

@@ -34,8 +34,9 @@ from qward.runtime.llm_profile import (  # noqa: E402
 from qward.runtime.llm_template import ChatMessage  # noqa: E402
 from qward.runtime.memfd import memfd_path, sealed_memfd  # noqa: E402
 from qward.runtime.supervisor import WorkerProcess  # noqa: E402
+from qward.sdk.example_llm import example_llm_template  # noqa: E402
 
-TEMPLATE = (Path(__file__).parent / "data" / "gemma_turns.jinja").read_text(encoding="utf-8")
+TEMPLATE = example_llm_template()
 QUESTION = "Question: What is the capital of France?\nAnswer:"
 STORY = "Once upon a time, in a small village,"
 SAMPLED = SamplingParameters(temperature=0.9, top_k=40, top_p=0.95, min_p=0.05, max_tokens=24)

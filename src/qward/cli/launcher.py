@@ -33,6 +33,7 @@ from qward.privileges import (
 from qward.sdk.client import Client
 from qward.sdk.core_client import CoreClient
 from qward.sdk.core_process import reachable
+from qward.sdk.example_llm import EXAMPLE_LLM_NAME, example_llm_model, example_llm_template
 
 __all__ = ["EXAMPLE_MODEL", "Launcher", "ServeOptions", "public_environment"]
 
@@ -68,6 +69,8 @@ class ServeOptions:
     pin_file: Path | None = None
     unsafe_single_user: bool = False
     example_model: bool = True
+    #: Also serve the example language model (Gemma 3 270M, the ``llm`` extra).
+    example_llm: bool = False
     allow_degraded_isolation: bool = False
     max_output_bytes: int | None = None
     public_flags: tuple[str, ...] = ()
@@ -291,6 +294,8 @@ class Launcher:
             self.wait_core()
             if self.options.example_model and self.options.model_repository is None:
                 _register_example(self.socket)
+            if self.options.example_llm:
+                _register_example_llm(self.socket)
             self.public.start()
             while not self._stopping:
                 now = time.monotonic()
@@ -314,6 +319,20 @@ def _register_example(socket_path: Path) -> None:
             return
         Client(core, trust=core.trust()).register(model, name=EXAMPLE_MODEL)
     print(f"qward serve: serving the bundled example model as {EXAMPLE_MODEL!r}", file=sys.stderr)
+
+
+def _register_example_llm(socket_path: Path) -> None:
+    """Serve the example language model (sealed and registered like any model)."""
+    with CoreClient(socket_path) as core:
+        if any(m["name"] == EXAMPLE_LLM_NAME for m in core.models()):
+            return
+        model = example_llm_model()
+        Client(core, trust=core.trust()).register(
+            model, name=EXAMPLE_LLM_NAME, chat_template=example_llm_template()
+        )
+    print(
+        f"qward serve: serving the example language model as {EXAMPLE_LLM_NAME!r}", file=sys.stderr
+    )
 
 
 def _secret_pipe(secret: str) -> int:

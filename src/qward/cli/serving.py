@@ -207,6 +207,13 @@ def _serve(
             help="Without --model-repository, serve the bundled iris model as 'iris-mlp'.",
         ),
     ] = True,
+    example_llm: Annotated[
+        bool,
+        typer.Option(
+            "--example-llm",
+            help="Also serve the example language model (Gemma 3 270M; needs the llm extra).",
+        ),
+    ] = False,
     docs: Annotated[
         bool, typer.Option("--docs", help="Serve the API schema (/docs, /openapi.json).")
     ] = False,
@@ -259,7 +266,8 @@ def _serve(
     from qward.cli.launcher import Launcher, ServeOptions
 
     options = ServeOptions(
-        state_dir=state_dir,
+        # Absolute: the core and the public server run with / as their working directory.
+        state_dir=state_dir.resolve(),
         host=host,
         port=port,
         model_repository=model_repository,
@@ -273,6 +281,7 @@ def _serve(
         pin_file=pkcs11_pin_file,
         unsafe_single_user=unsafe_single_user,
         example_model=example_model,
+        example_llm=example_llm,
         allow_degraded_isolation=allow_degraded_isolation,
         max_output_bytes=max_output_bytes,
         core_flags=_core_flags(tpm_tcti, measure or [], attestation_policy),

@@ -113,9 +113,11 @@ class Client:
         self.trust = trust
         self._verifier = Verifier(trust=trust)
 
-    def register(self, model: bytes, *, name: str) -> ModelInfo:
-        """Seal ``model`` locally and register it with the core."""
-        return self._core.register_model(seal_model(model, trust=self.trust), name=name)
+    def register(self, model: bytes, *, name: str, chat_template: str | None = None) -> ModelInfo:
+        """Seal ``model`` locally and register it with the core (a GGUF model with the chat
+        template to prompt it with, if its file carries none)."""
+        sealed = seal_model(model, trust=self.trust)
+        return self._core.register_model(sealed, name=name, chat_template=chat_template)
 
     def run(
         self,
