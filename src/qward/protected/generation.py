@@ -5,17 +5,22 @@ from __future__ import annotations
 from typing import Any
 
 from qward import __version__
+from qward.errors import InputError
 from qward.protected.models import ModelEntry
 from qward.receipts.generation import (
     GENERATION_REQUEST_CONTENT_TYPE,
     generation_section,
     output_sha256,
+    token_ids_sha256,
 )
+from qward.receipts.replay_verdict import BITWISE, MISMATCH
+from qward.runtime.llm_profile import first_divergence
 
 __all__ = [
     "GENERATION_REQUEST_CONTENT_TYPE",
     "MAX_GENERATION_REQUEST_BYTES",
     "generation_receipt_body",
+    "judge_generation",
 ]
 
 #: A prompt or a chat of up to this many bytes (the worker bounds it again).
@@ -54,3 +59,24 @@ def generation_receipt_body(
         },
         "isolation": info["isolation"],
     }
+
+
+def judge_generation(
+    body: dict[str, Any], record: dict[str, Any], original_token_ids: object
+) -> tuple[str, str]:
+    """Token ids compare exactly, on any platform: bitwise-identical, or a mismatch that says
+    where the replay diverged (from ``original_token_ids``, which must be the receipt's)."""
+    if output_sha256(record["token_ids"], record["text"]) == body["output"]["sha256"]:
+        return BITWISE, "the same token ids and text"
+    generation = body["runtime"]["generation"]
+    if original_token_ids is None:
+        return MISMATCH, "the token ids differ (give the original ids to locate the divergence)"
+    if not isinstance(original_token_ids, list) or not all(
+        type(t) is int for t in original_token_ids
+    ):
+        raise InputError("original_token_ids must be a list of token ids")
+    if token_ids_sha256(original_token_ids) != generation["token_ids_sha256"]:
+        raise InputError("original_token_ids are not the ones the receipt binds")
+    divergence = first_divergence(original_token_ids, list(record["token_ids"]))
+    where = divergence.describe() if divergence else "the token ids agree but the text differs"
+    return MISMATCH, f"replay diverged at {where}"

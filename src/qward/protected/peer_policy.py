@@ -20,6 +20,7 @@ OPERATION_CLASSES: dict[str, str] = {
     "attest": "data",
     "run": "data",
     "generate": "data",
+    "replay_generation": "data",
     "replay": "data",
     "register_model": "data",
     "unload_model": "data",

@@ -28,6 +28,7 @@ from qward.protected.generation import (
     GENERATION_REQUEST_CONTENT_TYPE,
     MAX_GENERATION_REQUEST_BYTES,
     generation_receipt_body,
+    judge_generation,
 )
 from qward.protected.key_admin import KEY_ADMIN_OPS, build_trust, check_unwrap
 from qward.protected.keystore import CoreKeys
@@ -52,6 +53,7 @@ from qward.receipts.entries import (
     receipt_entry,
     replay_entry,
 )
+from qward.receipts.generation import output_sha256
 from qward.receipts.receipt import RECEIPT_FORMAT, SIGNING_CONTEXT, ReceiptBundle
 from qward.receipts.replay_verdict import judge
 from qward.receipts.trust import TrustBundle
@@ -414,6 +416,50 @@ class CoreService:
         )
         return self._issue(body, request_id), canonical_json(record)
 
+    def op_replay_generation(self, header: dict[str, Any], payload: bytes) -> Reply:
+        """Regenerate a receipted generation from its sealed request and seed, and compare token
+        ids exactly: the verdict is bitwise-identical or a mismatch naming the first divergent
+        token (given the original ids in ``original_token_ids``). The verdict is logged."""
+        receipt = header.get("receipt")
+        if not isinstance(receipt, str):
+            raise InputError("replay needs the receipt")
+        body = self._verifier.verify(receipt.encode("utf-8")).body
+        if "generation" not in body["runtime"]:
+            raise InputError("the receipt is not for a text generation; use replay")
+        entry = self._models.get(str(body["model"]["sha256"]))
+        request_id = self._src.token()
+        plaintext = self._open(
+            payload,
+            purpose="unseal-replay-input",
+            request_id=request_id,
+            content_type=GENERATION_REQUEST_CONTENT_TYPE,
+            limit=MAX_GENERATION_REQUEST_BYTES,
+        )
+        if hashlib.sha256(plaintext).hexdigest() != body["input"]["sha256"]:
+            raise InputError("replay request differs from the request the receipt records")
+        request = parse_canonical_json(plaintext, what="generation request")
+        with self._models.borrow(entry, self._opener(request_id, entry.content_type)) as worker:
+            record = worker.generate(request, seed=_seed(body["seed"]))
+        verdict, detail = judge_generation(body, record, header.get("original_token_ids"))
+        digest = output_sha256(record["token_ids"], record["text"])
+        index = self.record_published(
+            replay_entry(
+                receipt_id=body["receipt_id"],
+                request_id=request_id,
+                verdict=verdict,
+                output_sha256=digest,
+                at=self._now(),
+            )
+        )
+        return {
+            "ok": True,
+            "verdict": verdict,
+            "detail": detail,
+            "output_sha256": digest,
+            "expected_sha256": body["output"]["sha256"],
+            "log_index": index,
+        }, canonical_json(record)
+
     def _entry(self, header: dict[str, Any]) -> ModelEntry:
         # By digest, or by name (resolved here, in one step with the run, for V2 clients).
         if "model_name" in header:
@@ -691,6 +737,7 @@ _OPS: dict[str, Callable[[CoreService, dict[str, Any], bytes], Reply]] = {
     "register_model": CoreService.op_register_model,
     "run": CoreService.op_run,
     "generate": CoreService.op_generate,
+    "replay_generation": CoreService.op_replay_generation,
     "replay": CoreService.op_replay,
     "checkpoint": CoreService.op_checkpoint,
     "models": CoreService.op_models,

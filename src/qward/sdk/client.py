@@ -7,12 +7,13 @@ been verified offline against that trust bundle, and every output checked agains
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from qward.core_api import CoreInterface, ModelInfo, ReplayResult
+from qward.core_api import CoreInterface, GenerationReplay, ModelInfo, ReplayResult
 from qward.crypto.envelope import seal as _seal
 from qward.encoding import canonical_json
 from qward.errors import ReplayMismatchError, VerificationError
@@ -23,7 +24,11 @@ from qward.receipts.commitment import (
     check_input,
     salted_plaintext,
 )
-from qward.receipts.generation import GENERATION_REQUEST_CONTENT_TYPE
+from qward.receipts.generation import (
+    GENERATION_REQUEST_CONTENT_TYPE,
+    check_completion,
+    token_ids_sha256,
+)
 from qward.receipts.replay_verdict import BITWISE, WITHIN_TOLERANCE
 from qward.receipts.trust import TrustBundle
 from qward.receipts.verify import VerifiedReceipt, Verifier
@@ -36,6 +41,7 @@ __all__ = [
     "INPUT_CONTENT_TYPE",
     "MODEL_CONTENT_TYPE",
     "Client",
+    "VerifiedGeneration",
     "VerifiedRun",
     "seal_generation_request",
     "seal_input",
@@ -105,6 +111,21 @@ class VerifiedRun:
         return self.verified.bundle.index
 
 
+@dataclass(frozen=True, kw_only=True)
+class VerifiedGeneration:
+    """A text generation whose receipt verified and binds exactly this request, seed, token ids
+    and text; ``record`` is the ``qward/generation/v1`` record (token ids, text, finish reason)."""
+
+    record: dict[str, Any]
+    receipt: bytes
+    verified: VerifiedReceipt
+
+    @property
+    def text(self) -> str:
+        """The generated text."""
+        return str(self.record["text"])
+
+
 class Client:
     """The SDK over any ``CoreInterface``, pinned to one ``TrustBundle``."""
 
@@ -155,6 +176,45 @@ class Client:
         return VerifiedRun(
             outputs=result.outputs, receipt=result.receipt, verified=verified, input_salt=salt
         )
+
+    def generate(
+        self, model: str, request: dict[str, Any], *, seed: int, by_name: bool = True
+    ) -> VerifiedGeneration:
+        """Generate text with a GGUF model (by name, or digest with ``by_name=False``); the
+        request is sealed here, and the receipt checked against it before anything returns."""
+        sealed = seal_generation_request(request, trust=self.trust)
+        result = self._core.generate(model, sealed, seed=seed, by_name=by_name)
+        verified = self._verifier.verify(result.receipt)
+        body, record = verified.body, result.record
+        check_completion(body, token_ids=record["token_ids"], text=record["text"])
+        if body["input"]["sha256"] != hashlib.sha256(canonical_json(request)).hexdigest():
+            raise VerificationError("the receipt names a different request than was sent")
+        if body["seed"] != seed:
+            raise VerificationError("receipt records a different seed than requested")
+        return VerifiedGeneration(record=record, receipt=result.receipt, verified=verified)
+
+    def replay_generation(
+        self,
+        receipt: bytes,
+        request: dict[str, Any],
+        *,
+        original_token_ids: Sequence[int] | None = None,
+    ) -> GenerationReplay:
+        """Regenerate a receipted generation; only identical token ids and text pass, and a
+        ``ReplayMismatchError`` says where the replay diverged."""
+        body = self._verifier.verify(receipt).body
+        if original_token_ids is not None and token_ids_sha256(original_token_ids) != body.get(
+            "runtime", {}
+        ).get("generation", {}).get("token_ids_sha256"):
+            raise VerificationError("the original token ids are not the ones the receipt binds")
+        result = self._core.replay_generation(
+            receipt,
+            seal_generation_request(request, trust=self.trust),
+            list(original_token_ids) if original_token_ids is not None else None,
+        )
+        if result.verdict != BITWISE or result.output_sha256 != result.expected_sha256:
+            raise ReplayMismatchError(f"replay verdict {result.verdict}: {result.detail}")
+        return result
 
     def replay(
         self,

@@ -18,6 +18,7 @@ from typing import Any
 
 from qward.core_api import (
     MAX_FRAME_PAYLOAD,
+    GenerationReplay,
     GenerationResult,
     ModelInfo,
     ReplayResult,
@@ -274,6 +275,26 @@ class CoreClient:
             outputs=decode_tensors(body),
             same_environment=reply["same_environment"],
             detail=reply["detail"],
+        )
+
+    def replay_generation(
+        self,
+        receipt: bytes,
+        sealed_request: bytes,
+        original_token_ids: list[int] | None = None,
+    ) -> GenerationReplay:
+        """Regenerate a receipted generation from its sealed request and compare token ids."""
+        header: dict[str, Any] = {"op": "replay_generation", "receipt": receipt.decode("utf-8")}
+        if original_token_ids is not None:
+            header["original_token_ids"] = list(original_token_ids)
+        reply, body = self.call(header, sealed_request)
+        return GenerationReplay(
+            verdict=reply["verdict"],
+            detail=reply["detail"],
+            output_sha256=reply["output_sha256"],
+            expected_sha256=reply["expected_sha256"],
+            record=parse_canonical_json(body, what="generation record"),
+            log_index=reply["log_index"],
         )
 
     def models(self) -> list[dict[str, Any]]:
