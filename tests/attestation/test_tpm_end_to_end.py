@@ -89,6 +89,12 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Pat
         proc.stderr.close()
 
 
+def _fetch(served: Served, policy: Path, pinned: Path) -> subprocess.CompletedProcess[str]:
+    """`qward trust fetch` against ``served`` under ``policy``, pinning to ``pinned``."""
+    args = ["trust", "fetch", "--url", served.url, "--policy", str(policy), "-o", str(pinned)]
+    return _qward(*args, env={"QWARD_TOKEN": served.token})
+
+
 def _serve(platform: dict[str, Path | str], state: Path, *, policy: bool) -> Served:
     os.environ["QWARD_TPM_AK_CERT"] = str(platform["chain"])
     try:
@@ -110,17 +116,7 @@ def test_client_seals_only_to_the_published_release(
     served = _serve(platform, tmp_path / "state", policy=True)
     try:
         pinned = tmp_path / "trust.json"
-        fetch = [
-            "trust",
-            "fetch",
-            "--url",
-            served.url,
-            "--policy",
-            str(platform["policy"]),
-            "-o",
-            str(pinned),
-        ]
-        done = _qward(*fetch, env={"QWARD_TOKEN": served.token})
+        done = _fetch(served, Path(platform["policy"]), pinned)
         assert done.returncode == 0, done.stderr
         assert "affirming (tpm), release 1.0.0" in done.stdout
         trust = TrustBundle.from_bytes(pinned.read_bytes())
@@ -164,17 +160,7 @@ def test_one_changed_measured_byte_is_refused_by_client_and_core(
         served = _serve(platform, tmp_path / "state", policy=False)
         try:
             pinned = tmp_path / "trust.json"
-            fetch = [
-                "trust",
-                "fetch",
-                "--url",
-                served.url,
-                "--policy",
-                str(platform["policy"]),
-                "-o",
-                str(pinned),
-            ]
-            done = _qward(*fetch, env={"QWARD_TOKEN": served.token})
+            done = _fetch(served, Path(platform["policy"]), pinned)
             assert done.returncode == 1
             assert "release-measurements" in done.stderr and "sha256:23" in done.stderr
             assert not pinned.exists()

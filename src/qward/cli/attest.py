@@ -21,6 +21,7 @@ from qward import __version__
 from qward.attestation.appraisal import AppraisalPolicy
 from qward.attestation.measurement import core_measurement, pcr_after_extend
 from qward.attestation.release import ReleaseEntry
+from qward.attestation.response import AttestationResponse
 from qward.cli._app import (
     DEFAULT_STATE,
     StateDir,
@@ -125,7 +126,7 @@ def _verify(
     """Appraise saved evidence offline. The nonce is the one inside the file, so this proves
     what the core was, not that it is fresh: fetch with `qward trust fetch` for that."""
     data = read_limited(str(response), limit=_MAX_FILE, what="attestation response")
-    nonce = bytes.fromhex(json.loads(data).get("nonce", ""))
+    nonce = AttestationResponse.from_bytes(data).nonce
     appraisal_policy = replace(_policy(policy), max_age=timedelta(minutes=max_age_minutes))
     trust = appraise_response(
         data,

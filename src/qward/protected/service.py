@@ -393,14 +393,7 @@ class CoreService:
             raise InputError(f"model {entry.name!r} is not a language model")
         seed = _seed(header.get("seed"))
         request_id = self._src.token()
-        plaintext = self._open(
-            payload,
-            purpose="unseal-input",
-            request_id=request_id,
-            content_type=GENERATION_REQUEST_CONTENT_TYPE,
-            limit=MAX_GENERATION_REQUEST_BYTES,
-        )
-        request = parse_canonical_json(plaintext, what="generation request")
+        request, request_sha256 = self._open_request(payload, "unseal-input", request_id)
         relay = None if emit is None else _token_relay(emit)
         with (
             self._models.borrow(entry, self._opener(request_id, entry.content_type)) as worker,
@@ -411,7 +404,7 @@ class CoreService:
             entry,
             worker.info,
             record,
-            request_sha256=hashlib.sha256(plaintext).hexdigest(),
+            request_sha256=request_sha256,
             base=self._receipt_common(request_id),
         )
         return self._issue(body, request_id), canonical_json(record)
@@ -428,16 +421,9 @@ class CoreService:
             raise InputError("the receipt is not for a text generation; use replay")
         entry = self._models.get(str(body["model"]["sha256"]))
         request_id = self._src.token()
-        plaintext = self._open(
-            payload,
-            purpose="unseal-replay-input",
-            request_id=request_id,
-            content_type=GENERATION_REQUEST_CONTENT_TYPE,
-            limit=MAX_GENERATION_REQUEST_BYTES,
-        )
-        if hashlib.sha256(plaintext).hexdigest() != body["input"]["sha256"]:
+        request, request_sha256 = self._open_request(payload, "unseal-replay-input", request_id)
+        if request_sha256 != body["input"]["sha256"]:
             raise InputError("replay request differs from the request the receipt records")
-        request = parse_canonical_json(plaintext, what="generation request")
         with self._models.borrow(entry, self._opener(request_id, entry.content_type)) as worker:
             record = worker.generate(request, seed=_seed(body["seed"]))
         verdict, detail = judge_generation(body, record, header.get("original_token_ids"))
@@ -459,6 +445,20 @@ class CoreService:
             "expected_sha256": body["output"]["sha256"],
             "log_index": index,
         }, canonical_json(record)
+
+    def _open_request(
+        self, sealed: bytes, purpose: str, request_id: str
+    ) -> tuple[dict[str, Any], str]:
+        """A sealed generation request, opened (key use logged first), and its SHA-256."""
+        plaintext = self._open(
+            sealed,
+            purpose=purpose,
+            request_id=request_id,
+            content_type=GENERATION_REQUEST_CONTENT_TYPE,
+            limit=MAX_GENERATION_REQUEST_BYTES,
+        )
+        request = parse_canonical_json(plaintext, what="generation request")
+        return request, hashlib.sha256(plaintext).hexdigest()
 
     def _entry(self, header: dict[str, Any]) -> ModelEntry:
         # By digest, or by name (resolved here, in one step with the run, for V2 clients).
