@@ -89,6 +89,14 @@ def _print_run(
         "isolation",
         f"enforced: {', '.join(layers)}\ndegraded: {', '.join(degraded) if degraded else 'none'}",
     )
+    attestation = body.get("attestation", {})
+    table.add_row(
+        "attestation",
+        f"{attestation.get('status', 'none')}: no TEE or TPM evidence on this machine "
+        "(`qward doctor`)"
+        if attestation.get("evidence_format") == "software-only"
+        else f"{attestation.get('status', 'none')} ({attestation.get('evidence_format', '-')})",
+    )
     table.add_row("replay", verdict)
     print_table(table)
     # One line whatever the terminal: the command must stay copyable.

@@ -64,7 +64,9 @@ def _chat(
         bool, typer.Option("--completion", help="Continue PROMPT as plain text (no chat).")
     ] = False,
     seed: Annotated[int, typer.Option(min=0, help="Sampling seed (recorded).")] = 0,
-    max_tokens: Annotated[int, typer.Option(min=1, max=2048)] = 64,
+    max_tokens: Annotated[
+        int, typer.Option(min=1, max=2048, help="At most this many tokens.")
+    ] = 64,
     temperature: Annotated[float, typer.Option(min=0.0, max=2.0, help="0 is greedy.")] = 0.0,
     chat_template: Annotated[
         Path | None,
