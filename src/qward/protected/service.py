@@ -620,6 +620,7 @@ class CoreService:
                 {
                     "name": entry.name,
                     "model_sha256": entry.model_sha256,
+                    "content_type": entry.content_type,
                     "ready": worker is not None and worker.alive and not entry.unloaded,
                     "inputs": worker.info["inputs"] if worker else [],
                     "outputs": worker.info["outputs"] if worker else [],

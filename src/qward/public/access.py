@@ -28,7 +28,7 @@ from qward.public.ratelimit import RateLimiter
 from qward.public.refusals import RefusalAggregator
 from qward.sdk.core_client import AsyncCoreClient
 
-__all__ = ["AccessControl", "AccessPolicy", "Rule", "rule_for"]
+__all__ = ["AccessControl", "AccessPolicy", "Rule", "caller_may_use", "rule_for"]
 
 _OPEN = re.compile(r"^/(livez|readyz|v2/health/(live|ready)|v2)$")
 _DOCS = re.compile(r"^/(docs|docs/oauth2-redirect|redoc|openapi\.json)$")
@@ -61,6 +61,7 @@ class AccessPolicy:
 
 
 _AUDITORS = ("auditor", "admin")
+_OPENAI_GENERATION = ("/v1/chat/completions", "/v1/completions")
 
 
 def rule_for(method: str, path: str, policy: AccessPolicy | None = None) -> Rule | None:
@@ -80,8 +81,11 @@ def rule_for(method: str, path: str, policy: AccessPolicy | None = None) -> Rule
         return Rule(roles=("admin",), upload=True)
     if path.startswith("/v2/repository"):
         return Rule(roles=("admin",))
-    if path in ("/v1/trust", "/v1/attestation"):
+    if path in ("/v1/trust", "/v1/attestation") or (path == "/v1/models" and method == "GET"):
         return Rule(roles=("client", "auditor", "admin"))
+    if path in _OPENAI_GENERATION:
+        # The model is named in the JSON body: the route checks it (``caller_may_use``).
+        return Rule(roles=("client", "admin"))
     if path.startswith(("/log/", "/v1/log/")):
         return Rule(roles=("auditor", "admin"))
     return Rule(roles=("admin",))
@@ -181,7 +185,9 @@ class AccessControl:
             await _error(status, reason, v2=v2)(scope, receive, send)
             return
         # Handlers record who asked (the token id, never the token) in the run's parameters.
-        scope.setdefault("state", {})["qward_caller"] = principal.token_id if principal else None
+        state = scope.setdefault("state", {})
+        state["qward_caller"] = principal.token_id if principal else None
+        state["qward_principal"] = principal
         await self._app(scope, receive, send)
 
     def _decide(self, rule: Rule, principal: Principal | None) -> tuple[int, str]:
@@ -232,3 +238,12 @@ def _error(
         headers={"WWW-Authenticate": "Bearer"} if status == 401 else None,
     )
     return response
+
+
+def caller_may_use(request: Request, model: str) -> bool:
+    """For routes whose model is in the body: whether the authenticated caller may use it (an
+    unauthenticated server, ``--unsafe-no-auth``, lets everyone)."""
+    if "qward_principal" not in request.scope.get("state", {}):
+        return True
+    principal: Principal | None = request.scope["state"]["qward_principal"]
+    return principal is not None and principal.may_use(model)

@@ -35,6 +35,7 @@ from qward.errors import (
 from qward.public.access import AccessControl, AccessPolicy
 from qward.public.auth import TOKEN_FILE, TokenStore
 from qward.public.observability import Metrics, MetricsMiddleware, health_router
+from qward.public.openai_api import ModelForbiddenError, openai_router
 from qward.public.ratelimit import RateLimiter
 from qward.public.refusals import RefusalAggregator
 from qward.public.trust_source import TrustSource, check_receipt
@@ -48,6 +49,7 @@ __all__ = ["AttestationRequest", "create_app"]
 _MAX_BODY = 1024 * 1024 * 1024
 _STATUS: list[tuple[type[QwardError], int]] = [
     (NotFoundError, 404),
+    (ModelForbiddenError, 403),
     (UnknownKeyError, 422),
     (CryptoError, 422),
     (VerificationError, 422),
@@ -164,6 +166,8 @@ def create_app(
             queue_timeout=inference_queue_timeout,
         )
     )
+
+    app.include_router(openai_router(core, trust_source, runner=hot))
 
     @app.exception_handler(QwardError)
     async def _qward_error(request: Request, exc: QwardError) -> JSONResponse:
