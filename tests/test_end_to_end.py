@@ -305,3 +305,13 @@ def test_a_burst_of_new_core_connections_is_accepted(core: CoreProcess) -> None:
     with ThreadPoolExecutor(32) as pool:
         notes = list(pool.map(checkpoint, range(32)))
     assert all(note.startswith(b"qward.local/log/") for note in notes)
+
+
+def test_a_seed_json_cannot_carry_exactly_is_refused_before_anything_runs(
+    sdk: Client, iris: ModelInfo
+) -> None:
+    """Regression: a seed above 2**53 ran, then failed while its receipt was encoded."""
+    inputs, _ = iris_inputs()
+    with pytest.raises(InputError, match="seed"):
+        sdk.run(iris.model_sha256, inputs, seed=2**53)
+    assert sdk.run(iris.model_sha256, inputs, seed=2**53 - 1).verified.body["seed"] == 2**53 - 1

@@ -69,7 +69,8 @@ _INPUT_TYPES = (INPUT_CONTENT_TYPE, SALTED_INPUT_CONTENT_TYPE)
 
 MODEL_CONTENT_TYPE = "application/onnx"
 MAX_INPUT_BYTES = 64 * 1024 * 1024
-_MAX_SEED = 2**63 - 1
+# Seeds go into receipts, canonical JSON: integers it carries exactly (RFC 8785, below 2**53).
+_MAX_SEED = 2**53 - 1
 _MAX_PARAMETERS_BYTES = 16 * 1024
 # Admin actions performed by public tools (the token file lives beside the public server).
 _PUBLIC_ADMIN_ACTIONS = frozenset({"token-created", "token-revoked"})

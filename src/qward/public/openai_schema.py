@@ -22,7 +22,8 @@ __all__ = [
     "generation_request",
 ]
 
-MAX_SEED = 2**63 - 1
+#: Seeds are integers JSON carries exactly (receipts are canonical JSON, RFC 8785's range).
+MAX_SEED = 2**53 - 1
 _MAX_TEXT = 256 * 1024
 
 
