@@ -19,6 +19,7 @@ from typing import Any, Protocol
 from qward.attestation.appraisal import AppraisalPolicy, appraise
 from qward.attestation.binding import report_data
 from qward.attestation.evidence import SOFTWARE_ONLY, Evidence
+from qward.attestation.verifiers import verifiers_for
 from qward.receipts.entries import attestation_entry
 
 __all__ = ["Attester", "CoreAttestation", "SoftwareOnlyAttester"]
@@ -70,9 +71,6 @@ class CoreAttestation:
             status = SOFTWARE_ONLY if evidence.format == SOFTWARE_ONLY else "unappraised"
             self.receipt_record = {**record, "status": status}
             return
-        # Loaded only under a policy: a core without one never parses vendor evidence.
-        from qward.attestation.verifiers import verifiers_for
-
         result = appraise(
             evidence,
             policy=self._policy,
