@@ -19,6 +19,7 @@ __all__ = [
     "ChatCompletionRequest",
     "ChatMessage",
     "CompletionRequest",
+    "StreamOptions",
     "generation_request",
 ]
 
