@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from qward.attestation.release import ReleaseEntry, ReleaseStatement
-from qward.errors import AttestationError, FormatError, InputError, KeystoreError
+from qward.errors import AttestationError, FormatError, InputError, KeystoreError, NotFoundError
 from qward.release.log import ReleaseLog
 
 ORIGIN = "example.com/qward-releases"
@@ -86,3 +86,11 @@ def test_release_log_keys_are_never_replaced(log: ReleaseLog) -> None:
 def test_malformed_release_entries_are_format_errors(doc: dict[str, object]) -> None:
     with pytest.raises(FormatError):
         ReleaseEntry.from_json(doc)
+
+
+def test_an_entry_clients_could_not_parse_is_never_published(log: ReleaseLog) -> None:
+    bad = ReleaseEntry(version="1", core_sha256="ab" * 32, platforms={"tpm": {"sha256:23": "xy"}})
+    with pytest.raises(FormatError, match="hex"):
+        log.publish(bad)
+    with pytest.raises(NotFoundError):
+        log.statements()

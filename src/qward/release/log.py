@@ -64,6 +64,8 @@ class ReleaseLog:
 
     def publish(self, entry: ReleaseEntry) -> ReleaseStatement:
         """Append ``entry``, sign a checkpoint covering it and return its statement."""
+        # What clients will parse strictly is checked the same way before it is published.
+        entry = ReleaseEntry.from_json(entry.to_json())
         with SQLiteLogStore.open(self.directory / _DB) as store:
             (index,) = store.sequence([entry.to_bytes()])
             note = store.publish(origin=self.origin, signers=self._signers, integrate=True)
