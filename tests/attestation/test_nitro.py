@@ -223,3 +223,13 @@ def test_trailing_bytes_and_duplicate_keys_are_refused() -> None:
     duplicate += cbor2.dumps("digest") + cbor2.dumps("SHA384")
     parts[2] = duplicate
     assert _check_of(cbor2.dumps(parts)) == "nitro-payload"
+
+
+def test_regression_a_leaf_with_an_invalid_x509_version_is_a_chain_error() -> None:
+    """Found by the mutation test in a fresh clone: version byte 2 (v3) changed to 1 (v2) made
+    pyca raise ``InvalidVersion``, which is not a ``ValueError``, straight out of the verifier."""
+    leaf = bytearray(_payload(PRODUCTION)["certificate"])
+    version = leaf.index(bytes.fromhex("a003020102"))
+    leaf[version + 4] = 1
+    report = _with_payload(PRODUCTION, certificate=bytes(leaf))
+    assert _check_of(report) == "nitro-chain"
