@@ -7,6 +7,8 @@ format needs, only how one link, one validity window or one pinned root is check
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from importlib import resources
 
@@ -30,6 +32,7 @@ __all__ = [
     "load_pem_chain",
     "pinned_roots",
     "require_aware",
+    "serial_number_warning_ignored",
 ]
 
 MAX_CERTIFICATE_BYTES = 16 * 1024
@@ -54,12 +57,7 @@ def require_aware(now: datetime) -> None:
 def _load(data: bytes, *, pem: bool, what: str) -> list[x509.Certificate]:
     if len(data) > MAX_CERTIFICATE_BYTES * 4:
         raise AttestationError(f"{what} is over the size limit", check="certificate-format")
-    # AMD's KDS issues VCEKs with serial number 0, which RFC 5280 forbids and cryptography
-    # warns about; the serial plays no part in these checks, so that one warning is expected.
-    with warnings.catch_warnings():
-        warnings.filterwarnings(
-            "ignore", message="Parsed a serial number", category=CryptographyDeprecationWarning
-        )
+    with serial_number_warning_ignored():
         try:
             certs = (
                 x509.load_pem_x509_certificates(data)
@@ -73,6 +71,18 @@ def _load(data: bytes, *, pem: bool, what: str) -> list[x509.Certificate]:
                 f"{what} does not parse as X.509: {exc}", check="certificate-format"
             ) from None
     return certs
+
+
+@contextmanager
+def serial_number_warning_ignored() -> Iterator[None]:
+    """Parse certificates without cryptography's warning about a serial number that is not
+    positive: AMD's KDS issues VCEKs with serial 0 (RFC 5280 forbids it), a mutated certificate
+    may carry any serial, and no check here reads serials."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message="Parsed a serial number", category=CryptographyDeprecationWarning
+        )
+        yield
 
 
 def _parse_fields(cert: x509.Certificate) -> None:

@@ -17,7 +17,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from qward.attestation._certs import X509_PARSE_ERRORS
+from qward.attestation._certs import X509_PARSE_ERRORS, serial_number_warning_ignored
 from qward.errors import AttestationError, InputError
 
 __all__ = [
@@ -44,7 +44,8 @@ def load_pinned_root(name: str) -> x509.Certificate:
 def load_der(data: bytes, *, check: str, what: str) -> x509.Certificate:
     """Parse one DER certificate, or ``AttestationError(check)``."""
     try:
-        return x509.load_der_x509_certificate(data)
+        with serial_number_warning_ignored():
+            return x509.load_der_x509_certificate(data)
     except X509_PARSE_ERRORS:
         raise AttestationError(f"{what} is not a DER X.509 certificate", check=check) from None
 
