@@ -65,6 +65,13 @@ def test_a_completion_is_attested_and_answers(client: openai.OpenAI, trust: Trus
     assert answer.choices[0].finish_reason == "length"
     verified = verify_completion(answer.model_dump(), trust=trust)
     assert verified.body["runtime"]["generation"]["completion_tokens"] == 4
+    # OpenAI's sampling meaning: no top-k or min-p cut of the engine's own, and it is receipted.
+    parameters = verified.body["parameters"]
+    assert (parameters["top_k"], parameters["min_p"], parameters["top_p"]) == (
+        0,
+        "0x0.0p+0",
+        "0x1.0000000000000p+0",
+    )
 
 
 def test_same_seed_same_token_ids(client: openai.OpenAI, trust: TrustBundle) -> None:

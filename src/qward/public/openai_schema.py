@@ -63,12 +63,16 @@ class _Generation(BaseModel):
         """The request's seed, or a fresh random one (recorded in the receipt either way)."""
         return self.seed if self.seed is not None else secrets.randbelow(MAX_SEED + 1)
 
-    def parameters(self, max_tokens: int | None) -> dict[str, Any]:
-        """qward sampling parameters; reals as exact ``float.hex()`` text (OpenAI defaults)."""
+    def parameters(self, max_tokens: int | None, default_max_tokens: int) -> dict[str, Any]:
+        """qward sampling parameters with OpenAI's meaning: temperature and top_p (defaults 1),
+        and none of the engine's own top-k or min-p cuts, which OpenAI does not apply. Reals
+        as exact ``float.hex()`` text; the receipt binds exactly these."""
         parameters: dict[str, Any] = {
             "temperature": (1.0 if self.temperature is None else self.temperature).hex(),
             "top_p": (1.0 if self.top_p is None else self.top_p).hex(),
-            "max_tokens": max_tokens or 16,
+            "top_k": 0,
+            "min_p": (0.0).hex(),
+            "max_tokens": max_tokens or default_max_tokens,
         }
         if self.stop is not None:
             parameters["stop"] = [self.stop] if isinstance(self.stop, str) else self.stop
@@ -102,9 +106,11 @@ def generation_request(body: ChatCompletionRequest | CompletionRequest) -> dict[
             raise InputError("give max_tokens or max_completion_tokens, not both")
         limit = body.max_completion_tokens or body.max_tokens
         messages = [{"role": m.role, "content": m.content} for m in body.messages]
-        return {"mode": "chat", "messages": messages, "parameters": body.parameters(limit)}
+        # OpenAI's chat has no default limit; the engine's default bounds it here.
+        return {"mode": "chat", "messages": messages, "parameters": body.parameters(limit, 128)}
+    # OpenAI's documented default for completions is 16 tokens.
     return {
         "mode": "completion",
         "prompt": body.prompt,
-        "parameters": body.parameters(body.max_tokens),
+        "parameters": body.parameters(body.max_tokens, 16),
     }
