@@ -169,6 +169,14 @@ def _chunks(data: bytes, progress: Callable[[int], None] | None) -> Iterator[byt
             progress(len(chunk))
 
 
+def _attested_verifier(trust: TrustBundle, allow_software_only: bool) -> Verifier:
+    """The receipt verifier for ``trust``, once its keys are known to be attested: a remote
+    core's keys count only when hardware evidence bound them, or the caller explicitly accepts
+    software-only isolation."""
+    require_attested(trust, allow_software_only=allow_software_only)
+    return Verifier(trust=trust)
+
+
 class HTTPClient:
     """Synchronous SDK over ``qward serve``; ``trust`` must carry an affirming appraisal
     (``qward.sdk.attested_trust``) unless ``allow_software_only``."""
@@ -182,14 +190,12 @@ class HTTPClient:
         timeout: float = 60.0,
         allow_software_only: bool = False,
     ) -> None:
-        # A remote core's keys count only once hardware evidence bound them (or the caller
-        # explicitly accepts software-only isolation).
-        require_attested(trust, allow_software_only=allow_software_only)
+        # Refused before any connection pool is opened.
+        self._verifier = _attested_verifier(trust, allow_software_only)
         self._http = httpx.Client(
             base_url=url, timeout=timeout, headers=_auth_headers(token), transport=_Transport()
         )
         self.trust = trust
-        self._verifier = Verifier(trust=trust)
 
     def close(self) -> None:
         """Close the connection pool."""
@@ -253,9 +259,8 @@ class AsyncHTTPClient:
         timeout: float = 60.0,
         allow_software_only: bool = False,
     ) -> None:
-        # A remote core's keys count only once hardware evidence bound them (or the caller
-        # explicitly accepts software-only isolation).
-        require_attested(trust, allow_software_only=allow_software_only)
+        # Refused before any connection pool is opened.
+        self._verifier = _attested_verifier(trust, allow_software_only)
         self._http = httpx.AsyncClient(
             base_url=url,
             timeout=timeout,
@@ -263,7 +268,6 @@ class AsyncHTTPClient:
             transport=_AsyncTransport(),
         )
         self.trust = trust
-        self._verifier = Verifier(trust=trust)
 
     async def aclose(self) -> None:
         """Close the connection pool."""
