@@ -26,6 +26,7 @@ from qward.tlog.witness_policy import Quorum
 from conftest import free_port
 
 ORIGIN = "log.example/served"
+_PATIENT = 30.0
 LOG_SIGNER = Ed25519NoteSigner(name=ORIGIN, private_key=ed25519.Ed25519PrivateKey.generate())
 
 
@@ -144,14 +145,19 @@ def test_two_of_three_witnesses_cosign_and_a_fork_is_refused(
     witnesses: list[WitnessProcess], tmp_path: Path
 ) -> None:
     errors: list[tuple[str, str]] = []
-    client = WitnessClient(
-        [WitnessEndpoint(url=w.url, keys=w.keys) for w in witnesses],
-        on_error=lambda url, why: errors.append((url, why)),
-    )
+    endpoints = [WitnessEndpoint(url=w.url, keys=w.keys) for w in witnesses]
     policy = Quorum(threshold=2, witnesses=tuple(k for w in witnesses for k in w.keys))
-    with SQLiteLogStore.open(tmp_path / "log.sqlite") as store:
+    # A generous timeout: this test is about the quorum, and a loaded CI machine once took
+    # longer than the production default of 5 s to answer a first cosigning request.
+    with (
+        SQLiteLogStore.open(tmp_path / "log.sqlite") as store,
+        WitnessClient(
+            endpoints, timeout=_PATIENT, on_error=lambda url, why: errors.append((url, why))
+        ) as client,
+    ):
         first = client.cosign(_publish(store, 3), store.consistency_proof)
-        assert len(policy.check(first)) == 3 and not errors
+        assert not errors, errors
+        assert len(policy.check(first)) == 3
         # One witness goes down: 2 of 3 still cosign, and the failure is reported.
         witnesses[2].stop()
         second = client.cosign(_publish(store, 5), store.consistency_proof)
@@ -159,17 +165,15 @@ def test_two_of_three_witnesses_cosign_and_a_fork_is_refused(
         assert [url for url, _ in errors] == [witnesses[2].url]
         # It comes back with its state: a new client (knowing no sizes) learns them from 409s.
         witnesses[2].start()
-        fresh = WitnessClient([WitnessEndpoint(url=w.url, keys=w.keys) for w in witnesses])
-        third = fresh.cosign(_publish(store, 2), store.consistency_proof)
-        assert len(policy.check(third)) == 3
-        # A second witness down: one cosignature is not a quorum.
-        witnesses[1].stop()
-        witnesses[2].stop()
-        lonely = fresh.cosign(_publish(store, 1), store.consistency_proof)
+        with WitnessClient(endpoints, timeout=_PATIENT) as fresh:
+            third = fresh.cosign(_publish(store, 2), store.consistency_proof)
+            assert len(policy.check(third)) == 3
+            # A second witness down: one cosignature is not a quorum.
+            witnesses[1].stop()
+            witnesses[2].stop()
+            lonely = fresh.cosign(_publish(store, 1), store.consistency_proof)
         with pytest.raises(VerificationError, match="requires 2"):
             policy.check(lonely)
-        fresh.close()
-    client.close()
 
 
 def test_a_forked_checkpoint_gets_no_cosignature(
@@ -178,7 +182,7 @@ def test_a_forked_checkpoint_gets_no_cosignature(
     endpoints = [WitnessEndpoint(url=w.url, keys=w.keys) for w in witnesses]
     with (
         SQLiteLogStore.open(tmp_path / "honest.sqlite") as honest,
-        WitnessClient(endpoints) as client,
+        WitnessClient(endpoints, timeout=_PATIENT) as client,
     ):
         client.cosign(_publish(honest, 4), honest.consistency_proof)
     with SQLiteLogStore.open(tmp_path / "fork.sqlite") as fork:
@@ -199,6 +203,6 @@ def test_a_forked_checkpoint_gets_no_cosignature(
         garbage = httpx.post(f"{witnesses[0].url}/add-checkpoint", content=b"old x\n\n")
         assert garbage.status_code == 400 and "Traceback" not in garbage.text
         # Through the client: the fork comes back with no witness line at all.
-        with WitnessClient(endpoints) as client:
+        with WitnessClient(endpoints, timeout=_PATIENT) as client:
             cosigned = client.cosign(forked, fork.consistency_proof)
         assert cosigned == forked
