@@ -1,17 +1,21 @@
 """Attested run through qward versus raw in-process ONNX Runtime, on the same model, in one run.
 
-    python bench/bench_attested_vs_raw.py [--requests N]
+    python bench/bench_attested_vs_raw.py [--requests N] [--runs 3]
 
 For each model, the baseline is an in-process ``InferenceSession`` (default options) running one
 request at a time; qward's path is the SDK end to end: seal the input (HPKE), the core's key-use
-log entry, unseal, the sandboxed worker run over a pipe, receipt signing (ML-DSA-65 + Ed25519),
-the log append with a freshly signed checkpoint (Ed25519 + ML-DSA-44), the inclusion proof, and the
-client's offline verification of all of it. Prints latency percentiles, throughput and the ratio.
+log entry, unseal, the sandboxed worker run over a pipe, the receipt entry and a freshly signed
+checkpoint covering it (Ed25519 + ML-DSA-44) in one fsync, the inclusion proof, and the client's
+offline verification of all of it. Both receipt settings run side by side: ``checkpoint`` (v2, the
+default) and ``per-receipt`` (v1: also an ML-DSA-65 + Ed25519 signature on each receipt). Each
+model is measured ``--runs`` times; the summary gives min/median/max of the added p50 latency.
+Afterwards one traced pass per setting prints where the time goes.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
 import time
@@ -22,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
+from _breakdown import crypto_costs, print_breakdown, span_means
 from onnx import TensorProto, helper, numpy_helper
 
 from qward.sdk.client import Client
@@ -72,28 +77,28 @@ def _summary(samples: list[float]) -> str:
     return f"p50 {p50 * 1e3:8.3f} ms  p99 {p99 * 1e3:8.3f} ms  {rate:9.1f} req/s"
 
 
-def bench(name: str, model: bytes, inputs: tuple[Tensor, ...], sdk: Client, n: int) -> None:
-    """Time raw ORT and qward on one model and print both with their ratio."""
+def _p50(samples: list[float]) -> float:
+    return sorted(samples)[len(samples) // 2]
+
+
+def bench(
+    name: str, model: bytes, inputs: tuple[Tensor, ...], sdk: Client, n: int, runs: int
+) -> list[float]:
+    """Time raw ORT and qward on one model ``runs`` times; the added p50 ms of each run."""
     session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
     feed = {t.name: t.to_numpy() for t in inputs}
-    raw = _time(lambda: session.run(None, feed), n)
     info = sdk.register(model, name=name)
-    attested = _time(lambda: sdk.run(info.model_sha256, inputs, seed=1), n)
-    ratio = statistics.mean(attested) / statistics.mean(raw)
-    print(f"{name}: raw ORT    {_summary(raw)}")
-    print(f"{name}: qward      {_summary(attested)}")
-    added_ms = (statistics.mean(attested) - statistics.mean(raw)) * 1e3
-    print(
-        f"{name}: qward/raw mean latency ratio {ratio:.1f}x "
-        f"(throughput {1 / ratio:.4f}x of raw; {added_ms:.2f} ms added per request)"
-    )
+    added = []
+    for run in range(runs):
+        raw = _time(lambda: session.run(None, feed), n)
+        attested = _time(lambda: sdk.run(info.model_sha256, inputs, seed=1), n)
+        added.append((_p50(attested) - _p50(raw)) * 1e3)
+        print(f"  {name} run {run + 1}: raw ORT {_summary(raw)}")
+        print(f"  {name} run {run + 1}: qward   {_summary(attested)}  (+{added[-1]:.3f} ms p50)")
+    return added
 
 
-def main() -> None:
-    """Run the benchmark on the bundled iris model and a heavier dense MLP."""
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--requests", type=int, default=200)
-    args = parser.parse_args()
+def _models() -> list[tuple[str, bytes, tuple[Tensor, ...]]]:
     examples = resources.files("qward.examples")
     iris_inputs, _ = tensors_from_json(examples.joinpath("iris-request.json").read_bytes())
     mlp_inputs = (
@@ -101,21 +106,81 @@ def main() -> None:
             "X", np.random.default_rng(1).standard_normal((8, 1024)).astype(np.float32)
         ),
     )
+    return [
+        ("iris-mlp", examples.joinpath("iris-mlp.onnx").read_bytes(), iris_inputs),
+        ("dense-1024x6", _mlp_model(1024, 6), mlp_inputs),
+    ]
+
+
+def _setting(signing: str, requests: int, runs: int) -> dict[str, list[float]]:
+    os.environ["QWARD_RECEIPT_SIGNATURES"] = signing
+    added: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory() as state:
         core = CoreProcess.start(Path(state))
         try:
             with core.client() as connection:
                 sdk = Client(connection, trust=connection.trust())
-                bench(
-                    "iris-mlp",
-                    examples.joinpath("iris-mlp.onnx").read_bytes(),
-                    iris_inputs,
-                    sdk,
-                    args.requests,
-                )
-                bench("dense-1024x6", _mlp_model(1024, 6), mlp_inputs, sdk, args.requests)
+                for name, model, inputs in _models():
+                    added[name] = bench(name, model, inputs, sdk, requests, runs)
         finally:
             core.stop()
+    return added
+
+
+def _traced(signing: str, requests: int) -> None:
+    """One pass with the core's spans on: the per-request budget on iris."""
+    name, model, inputs = _models()[0]
+    with tempfile.TemporaryDirectory() as state:
+        trace = Path(state) / "spans.jsonl"
+        os.environ.update(QWARD_RECEIPT_SIGNATURES=signing, QWARD_TRACE_FILE=str(trace))
+        core = CoreProcess.start(Path(state) / "core")
+        del os.environ["QWARD_TRACE_FILE"]
+        try:
+            with core.client() as connection:
+                sdk = Client(connection, trust=connection.trust())
+                info = sdk.register(model, name=name)
+                _time(lambda: sdk.run(info.model_sha256, inputs, seed=1), 20)
+                trace.write_text("")
+                samples = _time(lambda: sdk.run(info.model_sha256, inputs, seed=1), requests)
+        finally:
+            core.stop()
+        print_breakdown(
+            f"{name}, {signing}", statistics.mean(samples) * 1e3, span_means(trace, requests + 1)
+        )
+
+
+def main() -> None:
+    """Both receipt settings on the bundled iris model and a heavier dense MLP, then budgets."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--requests", type=int, default=300)
+    parser.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args()
+    results = {}
+    for signing in ("checkpoint", "per-receipt"):
+        print(f"receipt signatures: {signing}")
+        results[signing] = _setting(signing, args.requests, args.runs)
+    print("\nadded latency per sequential request, p50 over each run (min / median / max):")
+    for signing, per_model in results.items():
+        for name, added in per_model.items():
+            print(
+                f"  {signing:11s} {name:13s} {min(added):6.3f} / "
+                f"{statistics.median(added):6.3f} / {max(added):6.3f} ms"
+            )
+    print()
+    for signing in ("checkpoint", "per-receipt"):
+        _traced(signing, args.requests)
+    examples = resources.files("qward.examples")
+    inputs, _ = tensors_from_json(examples.joinpath("iris-request.json").read_bytes())
+    with tempfile.TemporaryDirectory() as state:
+        core = CoreProcess.start(Path(state))
+        try:
+            with core.client() as connection:
+                trust = connection.trust()
+        finally:
+            core.stop()
+    print("crypto primitives alone (ms per call):")
+    for what, ms in crypto_costs(trust, inputs).items():
+        print(f"  {ms:7.3f} ms  {what}")
 
 
 if __name__ == "__main__":

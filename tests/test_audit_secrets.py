@@ -110,7 +110,7 @@ def test_no_secret_reaches_the_log(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         assert secret not in logged and secret not in stored
     # The controls: the log does carry the callers' token ids, two runs and the redacted path.
     types = [json.loads(e)["type"] for e in entries]
-    assert types.count("qward/receipt/v1") == 2 and "qward/access/v1" in types
+    assert types.count("qward/receipt/v2") == 2 and "qward/access/v1" in types
     for token_id in token_ids:
         assert token_id.encode() in logged
     assert b"/v2/models/qwt_[redacted]" in logged

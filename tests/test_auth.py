@@ -106,7 +106,7 @@ def test_allowed_request_is_logged_before_it_runs(server: tuple[Served, dict[str
     before = len(_entries(served.state))
     assert _infer(served.url, tokens["iris-client"]).status_code == 200
     types = [e["type"] for e in _entries(served.state)[before:]]
-    assert types == ["qward/access/v1", "qward/key-use/v1", "qward/receipt/v1"]
+    assert types == ["qward/access/v1", "qward/key-use/v1", "qward/receipt/v2"]
 
 
 def test_upload_is_off_unless_enabled(tmp_path: Path) -> None:
@@ -138,3 +138,42 @@ def test_operations_endpoints_are_open(server: tuple[Served, dict[str, str]]) ->
     metrics = httpx.get(served.url + "/metrics", headers=_bearer(tokens["auditor"])).text
     assert 'qward_http_requests_total{method="POST",route="/v2/models/{name}/infer"' in metrics
     assert "qward_http_request_seconds_bucket" in metrics
+
+
+def test_an_inference_call_that_fails_before_the_core_is_logged_once(
+    server: tuple[Served, dict[str, str]],
+) -> None:
+    # The handler never reaches the core (the body is not JSON): its folded access record is
+    # logged by the middleware before the 400 leaves, exactly once.
+    served, tokens = server
+    before = len(_entries(served.state))
+    reply = httpx.post(
+        f"{served.url}/v2/models/iris/infer",
+        content=b"{not json",
+        headers=_bearer(tokens["iris-client"]),
+        timeout=60,
+    )
+    assert reply.status_code == 400
+    new = _entries(served.state)[before:]
+    assert [e["type"] for e in new] == ["qward/access/v1"]
+    assert new[0]["decision"] == "allow" and new[0]["path"] == "/v2/models/iris/infer"
+
+
+def test_a_run_the_core_refuses_still_logs_its_access_once(
+    server: tuple[Served, dict[str, str]],
+) -> None:
+    # The access record travels with the run; the core logs it even though no model has the name
+    # (and opens nothing: no key use follows).
+    served, _ = server
+    before = len(_entries(served.state))
+    request = json.loads(example_bytes("iris-request.json"))
+    reply = httpx.post(
+        f"{served.url}/v2/models/no-such-model/infer",
+        json=request,
+        headers=served.headers,
+        timeout=60,
+    )
+    assert reply.status_code == 404
+    new = _entries(served.state)[before:]
+    assert [e["type"] for e in new] == ["qward/access/v1"]
+    assert new[0]["path"] == "/v2/models/no-such-model/infer"

@@ -20,8 +20,14 @@ from typing import Any
 from qward.crypto.signatures import ReceiptSignature, verify_signature
 from qward.encoding import b64decode, b64encode, canonical_json, parse_canonical_json
 from qward.errors import FormatError, InputError, VerificationError
-from qward.receipts.entries import ADMIN_ENTRY, RECEIPT_ENTRY
-from qward.receipts.receipt import SIGNING_CONTEXT, ReceiptBundle, check_body
+from qward.receipts.entries import ADMIN_ENTRY, CHECKPOINT_RECEIPT_ENTRY, RECEIPT_ENTRY
+from qward.receipts.receipt import (
+    CHECKPOINT_RECEIPT_FORMAT,
+    RECEIPT_FORMAT,
+    SIGNING_CONTEXT,
+    ReceiptBundle,
+    check_body,
+)
 from qward.receipts.trust import TrustBundle
 from qward.tlog.backend import LogBackend, note_checkpoint
 from qward.tlog.checkpoint import Checkpoint
@@ -52,6 +58,8 @@ _MAX_EVIDENCE = 256 * 1024 * 1024
 #: concurrent requests can land a second or two out of order without any clock going back.
 CLOCK_TOLERANCE_SECONDS = 5.0
 
+_RECEIPT_ENTRIES = (RECEIPT_ENTRY, CHECKPOINT_RECEIPT_ENTRY)
+
 
 @dataclass(frozen=True, kw_only=True)
 class RunRecord:
@@ -69,10 +77,10 @@ class RunRecord:
 
 def _runs(store: LogBackend) -> Iterator[tuple[int, bytes, dict[str, Any]]]:
     for index, entry, _ in store.entries_with_leaf_hashes():
-        if b'"type":"qward/receipt/v1"' not in entry:
+        if b'"type":"qward/receipt/v' not in entry:
             continue
         doc = json.loads(entry)
-        if doc.get("type") == RECEIPT_ENTRY:
+        if doc.get("type") in _RECEIPT_ENTRIES:
             yield index, entry, doc
 
 
@@ -449,12 +457,20 @@ def _verify_item(item: object, checkpoint: Checkpoint, trust: TrustBundle) -> bo
         root=checkpoint.root_hash,
     )
     parsed = parse_canonical_json(entry, what=f"log entry {index}")
-    if parsed.get("type") != RECEIPT_ENTRY:
+    kind = parsed.get("type")
+    if kind not in _RECEIPT_ENTRIES:
         return False
     body = parsed.get("body")
     if not isinstance(body, dict):
         raise FormatError(f"log entry {index}: receipt body must be an object")
     check_body(body)
+    if kind == CHECKPOINT_RECEIPT_ENTRY:
+        # Proved above under the checkpoint, whose signatures the caller checked.
+        if body["format"] != CHECKPOINT_RECEIPT_FORMAT or set(parsed) != {"type", "body"}:
+            raise FormatError(f"log entry {index}: a v2 receipt entry holds a v2 body only")
+        return True
+    if body["format"] != RECEIPT_FORMAT:
+        raise FormatError(f"log entry {index}: a v1 receipt entry holds a v1 body only")
     signature = ReceiptSignature.from_json(parsed.get("signature"))
     verify_signature(
         canonical_json(body),

@@ -21,6 +21,7 @@ from qward.tensors import Tensor
 
 __all__ = [
     "MAX_FRAME_PAYLOAD",
+    "AccessRecord",
     "CoreInterface",
     "GenerationReplay",
     "GenerationResult",
@@ -57,6 +58,28 @@ class ModelInfo:
     inputs: list[dict[str, Any]]
     outputs: list[dict[str, Any]]
     isolation: dict[str, Any]
+
+
+@dataclass(frozen=True, kw_only=True)
+class AccessRecord:
+    """The public server's record of one API call and its access decision (a token id, never
+    the token). Sent with a run, the core logs it in the run's first transaction."""
+
+    token_id: str | None
+    role: str | None
+    method: str
+    path: str
+    decision: str
+
+    def to_header(self) -> dict[str, str | None]:
+        """The fields as the core's ``record_access`` and ``run`` operations take them."""
+        return {
+            "token_id": self.token_id,
+            "role": self.role,
+            "method": self.method,
+            "path": self.path,
+            "decision": self.decision,
+        }
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -131,6 +154,7 @@ class CoreInterface(Protocol):
         seed: int,
         parameters: dict[str, Any],
         by_name: bool = False,
+        access: AccessRecord | None = None,
     ) -> RunResult: ...
     def generate(
         self, model: str, sealed_request: bytes, *, seed: int, by_name: bool = False

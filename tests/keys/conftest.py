@@ -19,6 +19,7 @@ from qward.protected.auditor import Auditor
 from qward.protected.keystore import create_keystore
 from qward.protected.models import ModelRegistry
 from qward.protected.service import CoreService
+from qward.receipts.receipt import ReceiptSigning
 from qward.tlog.store import SQLiteLogStore
 
 
@@ -67,11 +68,18 @@ def write_v1_keystore(state_dir: Path, *, origin: str) -> None:
     )
 
 
-def make_service(state_dir: Path) -> CoreService:
+def make_service(
+    state_dir: Path, *, receipt_signing: ReceiptSigning = ReceiptSigning.CHECKPOINT
+) -> CoreService:
     keys = create_keystore(state_dir, origin="keys.test/log")
     store = SQLiteLogStore.open(state_dir / "log.sqlite")
     auditor = Auditor(store=store, origin=keys.origin, signers=keys.log_signers)
-    return CoreService(keys=keys, auditor=auditor, registry=ModelRegistry(state_dir / "models"))
+    return CoreService(
+        keys=keys,
+        auditor=auditor,
+        registry=ModelRegistry(state_dir / "models"),
+        receipt_signing=receipt_signing,
+    )
 
 
 @pytest.fixture()

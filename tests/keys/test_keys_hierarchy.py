@@ -17,11 +17,12 @@ from qward.protected.key_admin import op_keys_list, op_keys_retire, op_keys_rota
 from qward.protected.keyring import KeyRing
 from qward.protected.keystore import create_keystore, load_keystore
 from qward.protected.service import MODEL_CONTENT_TYPE, CoreService
+from qward.receipts.receipt import ReceiptSigning
 from qward.receipts.verify import Verifier
 from qward.sdk.client import seal_input, seal_model
 from qward.suites import Policy, suite_policy
 
-from .conftest import log_entries, write_v1_keystore
+from .conftest import log_entries, make_service, write_v1_keystore
 from conftest import example_bytes, iris_inputs
 
 MODEL = b"not really onnx, but sealed all the same " * 20
@@ -216,8 +217,17 @@ def _signed_run(service: CoreService, model: str) -> bytes:
     ],
 )
 def test_a_policy_switch_moves_seals_and_receipts_to_its_suites(
-    service: CoreService, policy: str, kem: str, signature: str
+    tmp_path: Path, policy: str, kem: str, signature: str
 ) -> None:
+    # Per-receipt signing: the receipt key's suite is what the policy switch must move.
+    service = make_service(tmp_path / "state", receipt_signing=ReceiptSigning.PER_RECEIPT)
+    try:
+        _policy_switch(service, policy, kem, signature)
+    finally:
+        service._models.close()
+
+
+def _policy_switch(service: CoreService, policy: str, kem: str, signature: str) -> None:
     reply, _ = service.dispatch(
         {"op": "register_model", "name": "iris"},
         seal_model(example_bytes("iris-mlp.onnx"), trust=service.trust),

@@ -391,6 +391,8 @@ def test_core_process_on_a_token_keystore_runs_the_model(
     for name, value in softhsm.env().items():
         monkeypatch.setenv(name, value)
     monkeypatch.setenv("QWARD_KEYSTORE_PROTECTION", "pkcs11")
+    # Per-receipt signing: the receipt key on the token signs every receipt, not only checkpoints.
+    monkeypatch.setenv("QWARD_RECEIPT_SIGNATURES", "per-receipt")
     state = tmp_path / "state"
     for _ in range(2):  # the first start creates the keystore in the token, the second opens it
         core = CoreProcess.start(state)

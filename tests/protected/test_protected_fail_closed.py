@@ -29,11 +29,11 @@ class FaultyStore:
         self.failing = False
         self.sequenced: list[bytes] = []
 
-    def sequence(self, entries: Sequence[bytes]) -> list[int]:
+    def sequence(self, entries: Sequence[bytes], *, durable: bool = True) -> list[int]:
         if self.failing:
             raise sqlite3.OperationalError("disk I/O error")
         self.sequenced.extend(entries)
-        return self._store.sequence(entries)
+        return self._store.sequence(entries, durable=durable)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._store, name)
@@ -102,7 +102,7 @@ def test_outputs_are_withheld_if_the_receipt_cannot_be_logged(
     with pytest.raises(AuditError):
         service.dispatch(header, payload)
     assert ran == [1]
-    assert not any(b'"qward/receipt/v1"' in e for e in store.sequenced)
+    assert not any(b'"qward/receipt/v' in e for e in store.sequenced)
 
 
 def test_healthy_run_logs_key_use_before_receipt(
@@ -112,7 +112,7 @@ def test_healthy_run_logs_key_use_before_receipt(
     before = len(store.sequenced)
     reply, outputs = service.dispatch(*_run_request(service, digest))
     new = store.sequenced[before:]
-    assert [b'"qward/key-use/v1"' in new[0], b'"qward/receipt/v1"' in new[1]] == [True, True]
+    assert [b'"qward/key-use/v1"' in new[0], b'"qward/receipt/v2"' in new[1]] == [True, True]
     assert b"unseal-input" in new[0]
     assert reply["ok"] and outputs
 

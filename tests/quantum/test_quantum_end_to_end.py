@@ -14,7 +14,7 @@ pytest.importorskip("pennylane")
 
 from qward.core_api import ModelInfo
 from qward.encoding import canonical_json
-from qward.errors import SignatureError, VerificationError
+from qward.errors import ProofError, VerificationError
 from qward.receipts.receipt import ReceiptBundle
 from qward.receipts.replay_verdict import MISMATCH, judge
 from qward.receipts.verify import Verifier
@@ -86,7 +86,8 @@ def test_an_altered_circuit_is_rejected(sdk: Client, run: VerifiedRun) -> None:
     # 1. The altered spec is not the model the receipt names.
     with pytest.raises(VerificationError, match="differs from the receipt"):
         Verifier.check_model(run.verified, altered)
-    # 2. A receipt edited to claim another compiled circuit no longer verifies.
+    # 2. A receipt edited to claim another compiled circuit no longer verifies: its entry
+    #    no longer leads to the signed checkpoint (a v2 receipt, the default, has no signature).
     bundle = ReceiptBundle.from_bytes(run.receipt)
     forged = dict(bundle.body)
     forged["runtime"] = {**forged["runtime"], "circuit": {**forged["runtime"]["circuit"]}}
@@ -98,7 +99,7 @@ def test_an_altered_circuit_is_rejected(sdk: Client, run: VerifiedRun) -> None:
         inclusion_proof=bundle.inclusion_proof,
         checkpoint=bundle.checkpoint,
     )
-    with pytest.raises(SignatureError):
+    with pytest.raises(ProofError):
         sdk.replay(tampered.to_bytes(), _request()[0])
     # 3. Replaying the altered circuit on the same input and seed is judged a mismatch.
     inputs, seed = _request()

@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, mldsa
 from qward.errors import AuditError, InputError
 from qward.tlog.audit import verify_log
 from qward.tlog.backend import LogBackend, note_checkpoint
+from qward.tlog.merkle import leaf_hash, verify_inclusion
 from qward.tlog.note import Ed25519NoteSigner, MLDSA44NoteSigner, NoteSigner
 from qward.tlog.sequencer import Sequencer
 
@@ -40,18 +41,20 @@ class Wrapped:
     def __init__(self, store: LogBackend) -> None:
         self._store = store
         self.calls: list[int] = []
+        self.durable: list[bool] = []
         self.release = threading.Event()
         self.release.set()
         self.entered = threading.Event()
         self.failure: Exception | None = None
 
-    def sequence(self, entries: Sequence[bytes]) -> list[int]:
+    def sequence(self, entries: Sequence[bytes], *, durable: bool = True) -> list[int]:
         self.entered.set()
         self.release.wait()
         if self.failure is not None:
             raise self.failure
         self.calls.append(len(entries))
-        return self._store.sequence(entries)
+        self.durable.append(durable)
+        return self._store.sequence(entries, durable=durable)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._store, name)
@@ -254,3 +257,60 @@ def test_bad_settings_are_input_errors(store: LogBackend) -> None:
             start(store, **options)
     with pytest.raises(InputError):
         Sequencer(store=store, origin=ORIGIN, signers=[])
+
+
+def test_published_entries_come_back_with_a_checkpoint_that_proves_them(
+    store: LogBackend,
+) -> None:
+    wrapped = Wrapped(store)
+    published: list[bytes] = []
+    with start(wrapped, checkpoint_interval=60, on_publish=published.append) as sequencer:
+        indices, note = sequencer.add_published([entry(0), entry(1)]).result(timeout=10)
+        assert indices == [0, 1]
+        # The sequencing commit skipped its fsync: the checkpoint's commit is the durable one.
+        assert wrapped.durable == [False]
+        assert published == [note] and store.latest_checkpoint() == note
+        checkpoint = note_checkpoint(note)
+        assert checkpoint.size == 2
+        for index in indices:
+            proof = store.inclusion_proof(index, checkpoint.size)
+            verify_inclusion(
+                leaf_hash=leaf_hash(entry(index)),
+                index=index,
+                size=checkpoint.size,
+                proof=proof,
+                root=checkpoint.root_hash,
+            )
+        # Nothing new to cover: publishing again hands back the same checkpoint.
+        assert sequencer.add_published([]).result(timeout=10) == ([], note)
+
+
+def test_concurrent_published_requests_share_one_checkpoint(store: LogBackend) -> None:
+    wrapped = Wrapped(store)
+    wrapped.release.clear()
+    published: list[bytes] = []
+    with start(wrapped, checkpoint_interval=60, on_publish=published.append) as sequencer:
+        first = sequencer.add(entry(0))
+        assert wrapped.entered.wait(5)
+        waiting = [sequencer.add_published([entry(i)]) for i in range(1, 20)]
+        wrapped.release.set()
+        first.result(timeout=10)
+        results = [f.result(timeout=10) for f in waiting]
+    assert [indices for indices, _ in results] == [[i] for i in range(1, 20)]
+    # One batch behind the first: one sequencing call and one signature for all 19 receipts.
+    assert len({note for _, note in results}) == 1
+    assert wrapped.calls == [1, 19]
+    assert note_checkpoint(results[0][1]).size == 20
+
+
+def test_a_batch_is_fsynced_unless_every_request_in_it_waived_it(store: LogBackend) -> None:
+    wrapped = Wrapped(store)
+    wrapped.release.clear()
+    with start(wrapped, checkpoint_interval=60) as sequencer:
+        first = sequencer.add_many([entry(0)], durable=False)
+        assert wrapped.entered.wait(5)
+        relaxed = sequencer.add_many([entry(1)], durable=False)
+        strict = sequencer.add_many([entry(2)])
+        wrapped.release.set()
+        assert [f.result(timeout=10) for f in (first, relaxed, strict)] == [[0], [1], [2]]
+    assert wrapped.calls == [1, 2] and wrapped.durable == [False, True]

@@ -77,7 +77,8 @@ def _print_run(
         values = np.array2string(tensor.to_numpy(), precision=4, suppress_small=True)
         table.add_row(f"output {tensor.name}", f"{tensor.datatype}{list(tensor.shape)} {values}")
     table.add_row("output sha256", body["output"]["sha256"])
-    table.add_row("receipt", f"{receipt_path}\nsigned {body['signer']['suite']}, verified offline")
+    signer = body["signer"].get("suite", "by the log checkpoint that proves it")
+    table.add_row("receipt", f"{receipt_path}\nsigned {signer}, verified offline")
     table.add_row(
         "log",
         f"entry {run.log_index} of {run.verified.checkpoint.size} in "
@@ -279,10 +280,11 @@ def _verify(
             read_limited(str(input_file), limit=MAX_REQUEST_FILE, what="input")
         )
         check_input(verified.body["input"], inputs, _read_salt(receipt, input_salt))
+    signature = verified.bundle.signature
+    signed_by = f"signature {signature.suite}" if signature else "signed by its checkpoint"
     console.print(
-        f"[green]OK[/green] receipt {verified.bundle.receipt_id}: signature "
-        f"{verified.bundle.signature.suite}, log entry {verified.bundle.index} of "
-        f"{verified.checkpoint.size} in {verified.checkpoint.origin}"
+        f"[green]OK[/green] receipt {verified.bundle.receipt_id}: {signed_by}, log entry "
+        f"{verified.bundle.index} of {verified.checkpoint.size} in {verified.checkpoint.origin}"
     )
 
 

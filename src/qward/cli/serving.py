@@ -28,6 +28,7 @@ from qward.cli.timespec import parse_span
 from qward.encoding import read_limited
 from qward.errors import InputError
 from qward.public.auth import DEFAULT_LIFETIME, TOKEN_FILE, TokenStore
+from qward.receipts.receipt import RECEIPT_SIGNATURES_ENV, ReceiptSigning
 from qward.sdk.client import seal_model
 from qward.sdk.core_process import core_session
 from qward.sdk.http_client import HTTPClient
@@ -258,6 +259,14 @@ def _serve(
         Path | None,
         typer.Option(help="Policy the core appraises its own evidence under; refuses to start."),
     ] = None,
+    receipt_signatures: Annotated[
+        ReceiptSigning,
+        typer.Option(
+            envvar=RECEIPT_SIGNATURES_ENV,
+            help="What signs a receipt: the checkpoint covering it (v2) or also its own "
+            "ML-DSA-65 + Ed25519 signature (per-receipt, v1; one more signature per request).",
+        ),
+    ] = ReceiptSigning.CHECKPOINT,
 ) -> None:
     """Start the protected core and the public HTTP API, and supervise both.
 
@@ -284,7 +293,11 @@ def _serve(
         example_llm=example_llm,
         allow_degraded_isolation=allow_degraded_isolation,
         max_output_bytes=max_output_bytes,
-        core_flags=_core_flags(tpm_tcti, measure or [], attestation_policy),
+        core_flags=(
+            *_core_flags(tpm_tcti, measure or [], attestation_policy),
+            "--receipt-signatures",
+            receipt_signatures.value,
+        ),
         public_flags=tuple(
             flag
             for flag, on in (

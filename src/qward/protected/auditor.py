@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
+from concurrent.futures import Future
+from typing import TypeVar
 
 from qward.errors import AuditError, NotFoundError
 from qward.protected.tracing import tracer
@@ -23,15 +25,18 @@ from qward.tlog.witness_client import WitnessClient
 __all__ = ["Auditor"]
 
 _APPEND_TIMEOUT = 30.0
+_T = TypeVar("_T")
 _BACKSTOP_INTERVAL = 1.0
 
 
 class Auditor:
     """Appends entries to the transparency log and publishes signed checkpoints.
 
-    ``record`` returns only after the entries are durably sequenced; callers perform the audited
-    action after it returns, so an action without a record cannot happen. ``commit`` integrates
-    everything sequenced so far and publishes a checkpoint covering it.
+    ``record`` returns only after the entries are committed; callers perform the audited action
+    after it returns, so an action without a record cannot happen. ``record_covered`` sequences
+    entries and publishes a checkpoint covering them in the same batch: its return is durable.
+    ``commit`` publishes a checkpoint covering everything sequenced so far. Every checkpoint is
+    published by the sequencer's thread, so concurrent requests share one (group commit).
     """
 
     def __init__(
@@ -47,19 +52,16 @@ class Auditor:
         self._witnesses = witnesses
         self._origin = origin
         self._signers = tuple(signers)
-        self._lock = threading.Lock()
-        # Group commit: one publisher at a time; a caller whose entry an earlier publisher's
-        # checkpoint already covers returns that checkpoint instead of signing another.
-        self._publish_lock = threading.Lock()
+        self._latest_lock = threading.Lock()
         self._latest: tuple[bytes, Checkpoint] | None = None
-        # Appends go through the sequencer; its own checkpoints are a backstop, so that entries
-        # no request commits (access records, say) are covered within about a second.
+        # The sequencer's own checkpoints are a backstop, so that entries no request commits
+        # (access records, say) are covered within about a second.
         self._sequencer = Sequencer(
             store=store,
             origin=origin,
             signers=self._signers,
             checkpoint_interval=_BACKSTOP_INTERVAL,
-            on_publish=self._published_by_sequencer,
+            on_publish=self._published,
         )
 
     @property
@@ -67,65 +69,61 @@ class Auditor:
         """The log's origin line."""
         return self._origin
 
-    def record(self, entries: Sequence[bytes]) -> list[int]:
-        """Durably sequence ``entries``; raise ``AuditError`` if that is not certain.
+    def record(self, entries: Sequence[bytes], *, durable: bool = True) -> list[int]:
+        """Sequence ``entries``; raise ``AuditError`` if that is not certain.
 
         Concurrent callers share one transaction (group commit in the ``Sequencer``); each
-        returns only once its own entries are committed.
+        returns only once its own entries are committed. Without ``durable`` the commit survives
+        a crash of the core but reaches the disk with the next durable commit: for records that
+        must precede an action whose outcome is only acknowledged after such a commit.
         """
         with tracer().start_as_current_span(
             "qward.log.append", attributes={"qward.entries": len(entries)}
         ):
-            try:
-                return self._sequencer.add_many(entries).result(timeout=_APPEND_TIMEOUT)
-            except AuditError:
-                raise
-            except Exception as exc:
-                raise AuditError(
-                    f"the transparency log refused the entry: {type(exc).__name__}"
-                ) from None
+            return self._wait(self._sequencer.add_many(entries, durable=durable))
+
+    def record_covered(self, entries: Sequence[bytes]) -> tuple[list[int], bytes, Checkpoint]:
+        """Sequence ``entries`` and publish a (cosigned) checkpoint covering them, durably;
+        returns their indices, the signed note and its parsed body."""
+        with tracer().start_as_current_span(
+            "qward.log.append_publish", attributes={"qward.entries": len(entries)}
+        ):
+            indices, note = self._wait(self._sequencer.add_published(entries))
+        return indices, note, note_checkpoint(note)
 
     def commit(self, *, covering: int | None = None) -> tuple[bytes, Checkpoint]:
         """Publish a checkpoint covering entry ``covering`` (or everything sequenced so far);
         returns the signed note and its parsed body. Concurrent callers share checkpoints."""
-        with self._publish_lock:
+        with self._latest_lock:
             latest = self._latest
-            if covering is not None and latest is not None and latest[1].size > covering:
-                return latest
-            with self._lock, tracer().start_as_current_span("qward.log.publish"):
-                try:
-                    note = self._store.publish(
-                        origin=self._origin, signers=self._signers, integrate=True
-                    )
-                    note = self._cosign(note)
-                except AuditError:
-                    raise
-                except Exception as exc:
-                    raise AuditError(
-                        f"publishing a checkpoint failed: {type(exc).__name__}"
-                    ) from None
-            self._latest = (note, note_checkpoint(note))
-            self._sequencer.covered(note)
-            return self._latest
+        if covering is not None and latest is not None and latest[1].size > covering:
+            return latest
+        _, note, checkpoint = self.record_covered([])
+        return note, checkpoint
 
-    def _published_by_sequencer(self, note: bytes) -> None:
-        with self._publish_lock:
-            latest = self._store.latest_checkpoint()
-            if latest == note:
-                note = self._cosign(note)
-            elif latest is not None and latest.startswith(note):
-                note = latest  # a request's commit already had it cosigned
-            else:
-                return  # a request published a newer checkpoint meanwhile, cosigned by it
-            checkpoint = note_checkpoint(note)
+    @staticmethod
+    def _wait(future: Future[_T]) -> _T:
+        try:
+            return future.result(timeout=_APPEND_TIMEOUT)
+        except AuditError:
+            raise
+        except Exception as exc:
+            why = type(exc).__name__
+            raise AuditError(f"the transparency log refused the entry: {why}") from None
+
+    def _published(self, note: bytes) -> bytes:
+        """Every new checkpoint, in the sequencer's thread: cosigned before anyone sees it."""
+        note = self._cosign(note)
+        checkpoint = note_checkpoint(note)
+        with self._latest_lock:
             if self._latest is None or self._latest[1].size <= checkpoint.size:
                 self._latest = (note, checkpoint)
+        return note
 
     def set_signers(self, signers: Sequence[NoteSigner]) -> None:
         """Sign every later checkpoint with ``signers`` (after a checkpoint key rotation)."""
-        with self._publish_lock:
-            self._signers = tuple(signers)
-            self._sequencer.set_signers(signers)
+        self._signers = tuple(signers)
+        self._sequencer.set_signers(signers)
 
     def close(self) -> None:
         """Drain pending appends, publish a final checkpoint and stop the sequencer."""

@@ -27,7 +27,7 @@ from qward import __version__
 from qward.attestation.appraisal import AppraisalPolicy
 from qward.core_api import MAX_FRAME_PAYLOAD
 from qward.encoding import read_limited
-from qward.errors import FormatError, KeystoreError, QwardError
+from qward.errors import FormatError, InputError, KeystoreError, QwardError
 from qward.framing import recv_frame, send_frame
 from qward.privileges import (
     CAP_SETGID,
@@ -52,6 +52,7 @@ from qward.protected.peer_policy import PeerPolicy, PermissionDeniedError
 from qward.protected.pkcs11_kek import PIN_ENV
 from qward.protected.service import CoreService
 from qward.protected.tracing import setup_tracing
+from qward.receipts.receipt import RECEIPT_SIGNATURES_ENV, ReceiptSigning
 from qward.runtime.supervisor import DEFAULT_MAX_OUTPUT_BYTES, WorkerPolicy
 from qward.tlog.location import log_location, open_log_store
 from qward.tlog.witness_client import WitnessClient, load_witness_config
@@ -70,6 +71,7 @@ def build_service(
     worker_policy: WorkerPolicy | None = None,
     attester: Attester | None = None,
     attestation_policy: AppraisalPolicy | None = None,
+    receipt_signing: ReceiptSigning = ReceiptSigning.CHECKPOINT,
 ) -> CoreService:
     """Open (or on first start, create) the keystore, log and model registry in ``state_dir``.
 
@@ -112,6 +114,7 @@ def build_service(
         keys=keys,
         auditor=auditor,
         registry=ModelRegistry(state_dir / "models", policy=worker_policy or WorkerPolicy()),
+        receipt_signing=receipt_signing,
     )
     service.attestation = CoreAttestation(
         attester=attester or SoftwareOnlyAttester(),
@@ -269,12 +272,27 @@ def _parser() -> argparse.ArgumentParser:
         help="extra file measured with the core's code (repeatable)",
     )
     parser.add_argument(
+        "--receipt-signatures",
+        default=os.environ.get(RECEIPT_SIGNATURES_ENV, ReceiptSigning.CHECKPOINT.value),
+        help="checkpoint (v2 receipts, the default) or per-receipt (v1: ML-DSA-65 + Ed25519 each)",
+    )
+    parser.add_argument(
         "--max-output-bytes",
         type=int,
         default=DEFAULT_MAX_OUTPUT_BYTES,
         help="largest encoded output one run may return",
     )
     return parser
+
+
+def _receipt_signing(value: str) -> ReceiptSigning:
+    try:
+        return ReceiptSigning(value)
+    except ValueError:
+        choices = ", ".join(m.value for m in ReceiptSigning)
+        raise InputError(
+            f"--receipt-signatures / {RECEIPT_SIGNATURES_ENV}: {value!r} is not one of {choices}"
+        ) from None
 
 
 def _policy(path: Path | None) -> AppraisalPolicy | None:
@@ -341,6 +359,7 @@ def main(argv: list[str] | None = None) -> int:
             ),
             attester=select_attester(tcti=args.tpm_tcti, measured=tuple(args.measure)),
             attestation_policy=_policy(args.attestation_policy),
+            receipt_signing=_receipt_signing(args.receipt_signatures),
         )
     except QwardError as exc:
         print(f"qward core: {exc}", file=sys.stderr)

@@ -21,7 +21,7 @@ from qward.attestation.binding import MAX_NONCE_BYTES, MIN_NONCE_BYTES
 from qward.attestation.response import AttestationResponse
 from qward.crypto.envelope import SealedArtifact, parse_sealed
 from qward.encoding import b64decode, b64encode, canonical_json, parse_canonical_json
-from qward.errors import InputError, QwardError
+from qward.errors import AuditError, InputError, QwardError
 from qward.protected.attestation import CoreAttestation, SoftwareOnlyAttester
 from qward.protected.auditor import Auditor
 from qward.protected.generation import (
@@ -54,7 +54,14 @@ from qward.receipts.entries import (
     replay_entry,
 )
 from qward.receipts.generation import output_sha256
-from qward.receipts.receipt import RECEIPT_FORMAT, SIGNING_CONTEXT, ReceiptBundle
+from qward.receipts.receipt import (
+    CHECKPOINT_RECEIPT_FORMAT,
+    CHECKPOINT_SIGNER,
+    RECEIPT_FORMAT,
+    SIGNING_CONTEXT,
+    ReceiptBundle,
+    ReceiptSigning,
+)
 from qward.receipts.replay_verdict import judge
 from qward.receipts.trust import TrustBundle
 from qward.receipts.verify import Verifier
@@ -101,8 +108,10 @@ class CoreService:
         registry: ModelRegistry,
         sources: _Sources | None = None,
         attestation: CoreAttestation | None = None,
+        receipt_signing: ReceiptSigning = ReceiptSigning.CHECKPOINT,
     ) -> None:
         self._keys = keys
+        self._receipt_signing = receipt_signing
         self._auditor = auditor
         self._models = registry
         self._src = sources or _Sources()
@@ -141,8 +150,7 @@ class CoreService:
 
     def record_published(self, entry: bytes) -> int:
         """Sequence ``entry``, publish a checkpoint covering it and return its index."""
-        (index,) = self._auditor.record([entry])
-        self._auditor.commit(covering=index)
+        (index,), _, _ = self._auditor.record_covered([entry])
         return index
 
     def refresh_trust(self) -> TrustBundle:
@@ -179,20 +187,24 @@ class CoreService:
         content_type: str,
         limit: int,
         parsed: SealedArtifact | None = None,
+        also: list[bytes] | None = None,
     ) -> bytes:
         artifact = parsed if parsed is not None else parse_sealed(blob, limit=limit)
         check_unwrap(self._keys, artifact.key_id, use=purpose)
-        self._auditor.record(
-            [
-                key_use_entry(
-                    key_id=artifact.key_id,
-                    purpose=purpose,
-                    request_id=request_id,
-                    at=self._now(),
-                    object_sha256=hashlib.sha256(blob).hexdigest(),
-                )
-            ]
+        # Committed before the key touches the blob, in one transaction with ``also`` (the
+        # public server's access record, which is then emptied: it is logged). Not fsynced on
+        # its own: whatever the opening leads to is acknowledged only after a durable commit,
+        # which the log writes after this one and which flushes it too.
+        key_use = key_use_entry(
+            key_id=artifact.key_id,
+            purpose=purpose,
+            request_id=request_id,
+            at=self._now(),
+            object_sha256=hashlib.sha256(blob).hexdigest(),
         )
+        self._auditor.record([*(also or ()), key_use], durable=False)
+        if also:
+            also.clear()
         with tracer().start_as_current_span(
             "qward.decrypt",
             attributes={
@@ -299,7 +311,14 @@ class CoreService:
         }, b""
 
     def _execute(
-        self, entry: ModelEntry, sealed_input: bytes, *, seed: int, request_id: str, purpose: str
+        self,
+        entry: ModelEntry,
+        sealed_input: bytes,
+        *,
+        seed: int,
+        request_id: str,
+        purpose: str,
+        access: list[bytes] | None = None,
     ) -> tuple[Any, tuple[Tensor, ...], tuple[Tensor, ...], dict[str, Any]]:
         # Plain tensors, or a client's salt followed by them; the sealed header says which.
         artifact = parse_sealed(sealed_input, limit=MAX_INPUT_BYTES)
@@ -313,6 +332,7 @@ class CoreService:
             content_type=content_type,
             limit=MAX_INPUT_BYTES,
             parsed=artifact,
+            also=access,
         )
         salt = None
         if content_type == SALTED_INPUT_CONTENT_TYPE:
@@ -332,13 +352,26 @@ class CoreService:
         return worker, inputs, outputs, {**record, "input": input_section(inputs, salt)}
 
     def op_run(self, header: dict[str, Any], payload: bytes) -> Reply:
-        entry = self._entry(header)
-        parameters = _parameters(header.get("parameters", {}))
-        seed = _seed(header.get("seed"))
-        request_id = self._src.token()
-        worker, inputs, outputs, record = self._execute(
-            entry, payload, seed=seed, request_id=request_id, purpose="unseal-input"
-        )
+        access = self._folded_access(header)
+        try:
+            entry = self._entry(header)
+            parameters = _parameters(header.get("parameters", {}))
+            seed = _seed(header.get("seed"))
+            request_id = self._src.token()
+            worker, inputs, outputs, record = self._execute(
+                entry,
+                payload,
+                seed=seed,
+                request_id=request_id,
+                purpose="unseal-input",
+                access=access,
+            )
+        except QwardError as exc:
+            # A folded access record is logged whatever became of the run (once: ``_open``
+            # empties the list when it logs it with the key use).
+            if access and not isinstance(exc, AuditError):
+                self._auditor.record(access, durable=False)
+            raise
         body = self._receipt_body(
             entry,
             worker.info,
@@ -352,20 +385,22 @@ class CoreService:
         return self._issue(body, request_id), encode_tensors(outputs)
 
     def _issue(self, body: dict[str, Any], request_id: str) -> dict[str, Any]:
-        """Sign ``body``, log it, publish a checkpoint covering it: the reply naming the receipt."""
-        with tracer().start_as_current_span(
-            "qward.sign",
-            attributes={
-                "qward.suite": self._keys.receipt_signer.public_key.suite,
-                "qward.key_id": self._keys.receipt_signer.key_id,
-                "qward.request_id": request_id,
-            },
-        ):
-            signature = self._keys.receipt_signer.sign(
-                canonical_json(body), context=SIGNING_CONTEXT
-            )
-        (index,) = self._auditor.record([receipt_entry(body, signature)])
-        note, checkpoint = self._auditor.commit(covering=index)
+        """Sign ``body`` (per-receipt signing only), log it and publish a checkpoint covering it,
+        in one durable batch: the reply naming the receipt."""
+        signature = None
+        if self._receipt_signing is ReceiptSigning.PER_RECEIPT:
+            with tracer().start_as_current_span(
+                "qward.sign",
+                attributes={
+                    "qward.suite": self._keys.receipt_signer.public_key.suite,
+                    "qward.key_id": self._keys.receipt_signer.key_id,
+                    "qward.request_id": request_id,
+                },
+            ):
+                signature = self._keys.receipt_signer.sign(
+                    canonical_json(body), context=SIGNING_CONTEXT
+                )
+        (index,), note, checkpoint = self._auditor.record_covered([receipt_entry(body, signature)])
         bundle = ReceiptBundle(
             body=body,
             signature=signature,
@@ -469,20 +504,21 @@ class CoreService:
 
     def _receipt_common(self, request_id: str) -> dict[str, Any]:
         """The receipt members every kind of run shares."""
+        per_receipt = self._receipt_signing is ReceiptSigning.PER_RECEIPT
+        signer = self._keys.receipt_signer
         return {
-            "format": RECEIPT_FORMAT,
+            "format": RECEIPT_FORMAT if per_receipt else CHECKPOINT_RECEIPT_FORMAT,
             "receipt_id": request_id,
             "issued_at": self._now(),
             "attestation": self.attestation.receipt_record,
             "key_uses": [
                 {"key_id": self._keys.hpke_public.key_id, "purpose": "unseal-input"},
-                {"key_id": self._keys.receipt_signer.key_id, "purpose": "sign-receipt"},
+                *([{"key_id": signer.key_id, "purpose": "sign-receipt"}] if per_receipt else []),
             ],
             "log": {"origin": self._auditor.origin},
-            "signer": {
-                "suite": self._keys.receipt_signer.public_key.suite,
-                "key_id": self._keys.receipt_signer.key_id,
-            },
+            "signer": {"suite": signer.public_key.suite, "key_id": signer.key_id}
+            if per_receipt
+            else dict(CHECKPOINT_SIGNER),
         }
 
     def _receipt_body(
@@ -552,18 +588,15 @@ class CoreService:
             else None,
         )
         verdict = judged.verdict
-        (index,) = self._auditor.record(
-            [
-                replay_entry(
-                    receipt_id=body["receipt_id"],
-                    request_id=request_id,
-                    verdict=verdict,
-                    output_sha256=digest,
-                    at=self._now(),
-                )
-            ]
+        self.record_published(
+            replay_entry(
+                receipt_id=body["receipt_id"],
+                request_id=request_id,
+                verdict=verdict,
+                output_sha256=digest,
+                at=self._now(),
+            )
         )
-        self._auditor.commit(covering=index)
         return {
             "ok": True,
             "verdict": verdict,
@@ -587,13 +620,22 @@ class CoreService:
         return {"ok": True}, b""
 
     def op_record_access(self, header: dict[str, Any], payload: bytes) -> Reply:
-        token_id, role = header.get("token_id"), header.get("role")
-        method, path, decision = header.get("method"), header.get("path"), header.get("decision")
+        entry = self._access_entry(header)
+        if "count" in header:
+            entry = _aggregate_access(entry, header)
+        # A record of a decision, not an acknowledgement of one: the next durable commit (a
+        # receipt's, or the backstop checkpoint's within a second) makes it power-loss durable.
+        self._auditor.record([entry], durable=False)
+        return {"ok": True}, b""
+
+    def _access_entry(self, fields: dict[str, Any]) -> bytes:
+        token_id, role = fields.get("token_id"), fields.get("role")
+        method, path, decision = fields.get("method"), fields.get("path"), fields.get("decision")
         if not all(isinstance(v, str) for v in (method, path, decision)) or not all(
             v is None or isinstance(v, str) for v in (token_id, role)
         ):
             raise InputError("access record fields must be strings")
-        entry = access_entry(
+        return access_entry(
             token_id=token_id,
             role=role,
             method=str(method),
@@ -601,10 +643,16 @@ class CoreService:
             decision=str(decision),
             at=self._now(),
         )
-        if "count" in header:
-            entry = _aggregate_access(entry, header)
-        self._auditor.record([entry])
-        return {"ok": True}, b""
+
+    def _folded_access(self, header: dict[str, Any]) -> list[bytes]:
+        """The public server's access record for this run, when it sent it with the run (one
+        round trip): logged in the same transaction as the input's key use, before it opens."""
+        access = header.get("access")
+        if access is None:
+            return []
+        if not isinstance(access, dict):
+            raise InputError("a run's access record must be an object")
+        return [self._access_entry(access)]
 
     def op_record_admin(self, header: dict[str, Any], payload: bytes) -> Reply:
         action, details = header.get("action"), header.get("details")

@@ -2,10 +2,11 @@
 
 ``AccessControl`` is ASGI middleware: it authenticates the bearer token, decides by role and model,
 and asks the core to log the decision *before* the request runs (fail closed: no log entry, no
-request). A refused call gets 401 (no or unknown token) or 403 (wrong role or model) and reaches
-no handler. Liveness and readiness are open without a token; metrics, the API schema and the
-public log's tiles are open or not by setting (``AccessPolicy``). Refusals on ``/v2`` carry the V2
-error body ``{"error": "<message>"}`` so that stock V2 clients can print them.
+request); an inference call's record travels with its run instead (``folded_access``). A refused
+call gets 401 (no or unknown token) or 403 (wrong role or model) and reaches no handler. Liveness
+and readiness are open without a token; metrics, the API schema and the public log's tiles are
+open or not by setting (``AccessPolicy``). Refusals on ``/v2`` carry the V2 error body
+``{"error": "<message>"}`` so that stock V2 clients can print them.
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from qward.core_api import CoreInterface
+from qward.core_api import AccessRecord, CoreInterface
 from qward.errors import QwardError
 from qward.public.auth import Principal, TokenStore
+from qward.public.folded_access import folds_access, record_unclaimed
 from qward.public.ratelimit import RateLimiter
 from qward.public.refusals import RefusalAggregator
 from qward.sdk.core_client import AsyncCoreClient
@@ -159,11 +161,16 @@ class AccessControl:
         token_id = principal.token_id if principal else None
         role = principal.role if principal else None
         path = _TOKEN_IN_PATH.sub("qwt_[redacted]", request.url.path)
+        record = AccessRecord(
+            token_id=token_id, role=role, method=request.method, path=path, decision="allow"
+        )
+        folded = status == 200 and folds_access(request.method, request.url.path)
         try:
-            if status == 200:
-                await self._recorder.record_access(
-                    token_id=token_id, role=role, method=request.method, path=path, decision="allow"
-                )
+            if folded:
+                # Its handler sends the record with the run (see ``folded_access``).
+                send = record_unclaimed(scope, send, record, self._log_access, v2=v2)
+            elif status == 200:
+                await self._log_access(record)
             else:
                 # Refusals are aggregated per source so that a flood of them is one record.
                 await self._refusals.refuse(
@@ -189,6 +196,15 @@ class AccessControl:
         state["qward_caller"] = principal.token_id if principal else None
         state["qward_principal"] = principal
         await self._app(scope, receive, send)
+
+    async def _log_access(self, record: AccessRecord) -> None:
+        await self._recorder.record_access(
+            token_id=record.token_id,
+            role=record.role,
+            method=record.method,
+            path=record.path,
+            decision=record.decision,
+        )
 
     def _decide(self, rule: Rule, principal: Principal | None) -> tuple[int, str]:
         if principal is None:

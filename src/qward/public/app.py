@@ -34,6 +34,7 @@ from qward.errors import (
 )
 from qward.public.access import AccessControl, AccessPolicy
 from qward.public.auth import TOKEN_FILE, TokenStore
+from qward.public.folded_access import claim_access
 from qward.public.observability import Metrics, MetricsMiddleware, health_router
 from qward.public.openai_api import ModelForbiddenError, openai_router
 from qward.public.ratelimit import RateLimiter
@@ -224,7 +225,9 @@ def create_app(
         sealed = await _body(request, 64 * 1024 * 1024)
         caller = getattr(request.state, "qward_caller", None)
         parameters = {"qward_caller": caller} if caller else {}
-        result = await hot.run(model_sha256, sealed, seed=seed, parameters=parameters)
+        result = await hot.run(
+            model_sha256, sealed, seed=seed, parameters=parameters, access=claim_access(request)
+        )
         # Never a 200 with a receipt that would fail `qward verify` (e.g. no witness quorum).
         await run_in_threadpool(lambda: check_receipt(result.receipt, trust_source.current()))
         return {

@@ -22,9 +22,10 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from qward import __version__
-from qward.core_api import CoreInterface, RunResult
+from qward.core_api import AccessRecord, CoreInterface, RunResult
 from qward.encoding import read_limited
 from qward.errors import InputError, NotFoundError, QwardError, UnknownKeyError
+from qward.public.folded_access import claim_access
 from qward.public.trust_source import TrustSource, check_receipt
 from qward.sdk.client import seal_input
 from qward.sdk.core_client import AsyncCoreClient
@@ -188,13 +189,22 @@ async def _run_attested(
     *,
     seed: int,
     parameters: dict[str, Any],
+    access: AccessRecord | None = None,
 ) -> RunResult:
-    """Seal, run, and check the receipt before it may be returned (issues 11.5 and 11.11)."""
+    """Seal, run, and check the receipt before it may be returned (issues 11.5 and 11.11).
+
+    ``access`` goes with the first attempt only: the core logs it whether or not the run works.
+    """
     trust = await anyio.to_thread.run_sync(source.current)
     try:
         # The core resolves the name in the same call: one round trip, no stale lookup.
         result = await runner.run(
-            model, seal_input(inputs, trust=trust), seed=seed, parameters=parameters, by_name=True
+            model,
+            seal_input(inputs, trust=trust),
+            seed=seed,
+            parameters=parameters,
+            by_name=True,
+            access=access,
         )
     except UnknownKeyError:
         # The core rotated its sealing key since we last looked: fetch its keys and retry once.
@@ -446,7 +456,15 @@ def v2_router(
         caller = getattr(request.state, "qward_caller", None)
         if caller is not None:
             extra["qward_caller"] = caller
-        result = await _run_attested(runner, trust, name, inputs, seed=seed, parameters=extra)
+        result = await _run_attested(
+            runner,
+            trust,
+            name,
+            inputs,
+            seed=seed,
+            parameters=extra,
+            access=claim_access(request),
+        )
         reply: dict[str, Any] = {
             "model_name": name,
             "model_version": "1",

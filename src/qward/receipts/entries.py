@@ -11,6 +11,7 @@ __all__ = [
     "ACCESS_ENTRY",
     "ADMIN_ENTRY",
     "ATTESTATION_ENTRY",
+    "CHECKPOINT_RECEIPT_ENTRY",
     "KEY_USE_ENTRY",
     "RECEIPT_ENTRY",
     "REPLAY_ENTRY",
@@ -23,6 +24,8 @@ __all__ = [
 ]
 
 RECEIPT_ENTRY = "qward/receipt/v1"
+#: A receipt that no signature of its own covers: the checkpoint proving its entry signs it.
+CHECKPOINT_RECEIPT_ENTRY = "qward/receipt/v2"
 KEY_USE_ENTRY = "qward/key-use/v1"
 ADMIN_ENTRY = "qward/admin/v1"
 REPLAY_ENTRY = "qward/replay/v1"
@@ -30,8 +33,15 @@ ACCESS_ENTRY = "qward/access/v1"
 ATTESTATION_ENTRY = "qward/attestation/v1"
 
 
-def receipt_entry(body: dict[str, Any], signature: ReceiptSignature) -> bytes:
-    """The log entry for a signed receipt: the receipt itself is what gets logged."""
+def receipt_entry(body: dict[str, Any], signature: ReceiptSignature | None) -> bytes:
+    """The log entry for a receipt: the receipt itself is what gets logged.
+
+    With a signature it is a ``qward/receipt/v1`` entry; without one (a checkpoint-signed
+    receipt) a ``qward/receipt/v2`` entry, which a distinct type keeps from being mistaken for a
+    v1 entry whose signature was stripped.
+    """
+    if signature is None:
+        return canonical_json({"type": CHECKPOINT_RECEIPT_ENTRY, "body": body})
     return canonical_json({"type": RECEIPT_ENTRY, "body": body, "signature": signature.to_json()})
 
 

@@ -1,14 +1,25 @@
 """Receipt bodies and receipt bundles.
 
 The body says what ran: model, input and output digests, seed and parameters, the runtime profile,
-the isolation actually in force, and which keys were used. The signed body is itself the log entry,
-so a bundle is: body, signature, the entry's index, an inclusion proof and the signed checkpoint it
-is proved against. The bundle file is canonical JSON; a parser rejects any other byte sequence.
+the isolation actually in force, and which keys were used. The body is itself the log entry, so a
+bundle is: body, the entry's index, an inclusion proof and the signed checkpoint it is proved
+against. The bundle file is canonical JSON; a parser rejects any other byte sequence.
+
+Two versions, both verified today:
+
+* ``v1`` (``per-receipt`` signing): the body also carries its own hybrid ML-DSA-65 + Ed25519
+  signature under the core's receipt key. Two keys must be forged to forge a receipt, and each
+  receipt costs one more signature.
+* ``v2`` (``checkpoint`` signing, the default): no signature of its own. The checkpoint that the
+  inclusion proof leads to is signed by the log's hybrid Ed25519 + ML-DSA-44 keys (and cosigned by
+  the pinned witnesses), and that signature covers every entry in the tree: one signature serves
+  every receipt of a batch, as in Certificate Transparency's and Rekor v2's designs.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 from qward.crypto.signatures import ReceiptSignature
@@ -19,15 +30,36 @@ from qward.receipts.entries import receipt_entry
 
 __all__ = [
     "BUNDLE_FORMAT",
+    "CHECKPOINT_BUNDLE_FORMAT",
+    "CHECKPOINT_RECEIPT_FORMAT",
+    "CHECKPOINT_SIGNER",
     "MAX_RECEIPT_BYTES",
     "RECEIPT_FORMAT",
+    "RECEIPT_SIGNATURES_ENV",
     "SIGNING_CONTEXT",
     "ReceiptBundle",
+    "ReceiptSigning",
     "check_body",
 ]
 
+
+class ReceiptSigning(StrEnum):
+    """What authenticates a receipt (the core's ``--receipt-signatures`` setting)."""
+
+    #: v2: the hybrid-signed, witness-cosigned checkpoint its inclusion proof leads to.
+    CHECKPOINT = "checkpoint"
+    #: v1: additionally its own ML-DSA-65 + Ed25519 signature under the receipt key.
+    PER_RECEIPT = "per-receipt"
+
+
 RECEIPT_FORMAT = "qward/receipt/v1"
 BUNDLE_FORMAT = "qward/receipt-bundle/v1"
+CHECKPOINT_RECEIPT_FORMAT = "qward/receipt/v2"
+CHECKPOINT_BUNDLE_FORMAT = "qward/receipt-bundle/v2"
+#: The environment variable the core reads its receipt signing setting from.
+RECEIPT_SIGNATURES_ENV = "QWARD_RECEIPT_SIGNATURES"
+#: The ``signer`` member of a v2 body: the log's checkpoint signature vouches for it.
+CHECKPOINT_SIGNER = {"kind": "checkpoint"}
 SIGNING_CONTEXT = b"qward/receipt/v1"
 MAX_RECEIPT_BYTES = 1024 * 1024
 
@@ -67,8 +99,10 @@ def check_body(body: dict[str, Any]) -> None:
     for key, kind in (_BODY_FIELDS | _OPTIONAL_FIELDS).items():
         if key in body and (not isinstance(body[key], kind) or isinstance(body[key], bool)):
             raise FormatError(f"receipt body: {key} must be a {kind.__name__}")
-    if body["format"] != RECEIPT_FORMAT:
+    if body["format"] not in (RECEIPT_FORMAT, CHECKPOINT_RECEIPT_FORMAT):
         raise FormatError(f"receipt body: unsupported format {body['format']!r}")
+    if (body["format"] == CHECKPOINT_RECEIPT_FORMAT) != (body["signer"] == CHECKPOINT_SIGNER):
+        raise FormatError("receipt body: a v2 receipt, and only a v2 receipt, is checkpoint-signed")
     for section in ("model", "output"):
         _require_digest(body[section], "sha256", section)
     # The input is named by a plain digest or, when the client salted it, only by a commitment.
@@ -87,7 +121,8 @@ class ReceiptBundle:
     """Everything needed to verify a receipt offline."""
 
     body: dict[str, Any]
-    signature: ReceiptSignature
+    #: ``None`` for a v2 (checkpoint-signed) receipt.
+    signature: ReceiptSignature | None
     index: int
     inclusion_proof: tuple[bytes, ...]
     checkpoint: bytes
@@ -107,16 +142,21 @@ class ReceiptBundle:
 
     def to_bytes(self) -> bytes:
         """Canonical JSON encoding of the bundle."""
+        log = {
+            "index": self.index,
+            "inclusion_proof": [b64encode(h) for h in self.inclusion_proof],
+            "checkpoint": self.checkpoint.decode("utf-8"),
+        }
+        if self.signature is None:
+            return canonical_json(
+                {"format": CHECKPOINT_BUNDLE_FORMAT, "body": self.body, "log": log}
+            )
         return canonical_json(
             {
                 "format": BUNDLE_FORMAT,
                 "body": self.body,
                 "signature": self.signature.to_json(),
-                "log": {
-                    "index": self.index,
-                    "inclusion_proof": [b64encode(h) for h in self.inclusion_proof],
-                    "checkpoint": self.checkpoint.decode("utf-8"),
-                },
+                "log": log,
             }
         )
 
@@ -126,14 +166,18 @@ class ReceiptBundle:
         if len(data) > MAX_RECEIPT_BYTES:
             raise FormatError(f"receipt is {len(data)} bytes, over the {MAX_RECEIPT_BYTES} limit")
         doc = parse_canonical_json(data, what="receipt")
-        if doc.get("format") != BUNDLE_FORMAT:
+        signed = doc.get("format") == BUNDLE_FORMAT
+        if not signed and doc.get("format") != CHECKPOINT_BUNDLE_FORMAT:
             raise FormatError(f"receipt: unsupported format {doc.get('format')!r}")
-        if set(doc) != {"format", "body", "signature", "log"}:
-            raise FormatError("receipt: expected exactly format, body, signature and log")
+        members = {"format", "body", "signature", "log"} if signed else {"format", "body", "log"}
+        if set(doc) != members:
+            raise FormatError(f"receipt: expected exactly {', '.join(sorted(members))}")
         body, log = doc["body"], doc["log"]
         if not isinstance(body, dict) or not isinstance(log, dict):
             raise FormatError("receipt: body and log must be objects")
         check_body(body)
+        if (body["format"] == RECEIPT_FORMAT) != signed:
+            raise FormatError("receipt: the body's format does not match the bundle's")
         index, proof, checkpoint = (
             log.get("index"),
             log.get("inclusion_proof"),
@@ -150,7 +194,7 @@ class ReceiptBundle:
             raise FormatError("receipt: inclusion proof hashes must be 32 bytes")
         return cls(
             body=body,
-            signature=ReceiptSignature.from_json(doc["signature"]),
+            signature=ReceiptSignature.from_json(doc["signature"]) if signed else None,
             index=index,
             inclusion_proof=hashes,
             checkpoint=checkpoint.encode("utf-8"),

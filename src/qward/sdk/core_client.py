@@ -18,6 +18,7 @@ from typing import Any
 
 from qward.core_api import (
     MAX_FRAME_PAYLOAD,
+    AccessRecord,
     GenerationReplay,
     GenerationResult,
     ModelInfo,
@@ -50,10 +51,18 @@ def _hashes(values: Any) -> tuple[bytes, ...]:
 
 
 def _run_header(
-    model: str, *, seed: int, parameters: dict[str, Any], by_name: bool
+    model: str,
+    *,
+    seed: int,
+    parameters: dict[str, Any],
+    by_name: bool,
+    access: AccessRecord | None = None,
 ) -> dict[str, Any]:
     key = "model_name" if by_name else "model_sha256"
-    return {"op": "run", key: model, "seed": seed, "parameters": parameters}
+    header = {"op": "run", key: model, "seed": seed, "parameters": parameters}
+    if access is not None:
+        header["access"] = access.to_header()
+    return header
 
 
 def _generate_header(model: str, *, seed: int, by_name: bool, stream: bool) -> dict[str, Any]:
@@ -248,12 +257,16 @@ class CoreClient:
         seed: int,
         parameters: dict[str, Any],
         by_name: bool = False,
+        access: AccessRecord | None = None,
     ) -> RunResult:
         """Run a registered model on a sealed input; returns outputs and a logged receipt.
 
-        With ``by_name``, ``model_sha256`` is a model name the core resolves.
+        With ``by_name``, ``model_sha256`` is a model name the core resolves. ``access`` is the
+        caller's access record, logged with the run's key use (one round trip instead of two).
         """
-        header = _run_header(model_sha256, seed=seed, parameters=parameters, by_name=by_name)
+        header = _run_header(
+            model_sha256, seed=seed, parameters=parameters, by_name=by_name, access=access
+        )
         return _run_result(*self.call(header, sealed_input))
 
     def replay(
@@ -407,9 +420,12 @@ class AsyncCoreClient:
         seed: int,
         parameters: dict[str, Any],
         by_name: bool = False,
+        access: AccessRecord | None = None,
     ) -> RunResult:
         """``CoreClient.run``, awaited."""
-        header = _run_header(model, seed=seed, parameters=parameters, by_name=by_name)
+        header = _run_header(
+            model, seed=seed, parameters=parameters, by_name=by_name, access=access
+        )
         return _run_result(*await self.call(header, sealed_input))
 
     async def generate(

@@ -52,8 +52,13 @@ class LogBackend(Protocol):
     Every storage failure raises ``AuditError``; requests outside the tree raise ``InputError``.
     """
 
-    def sequence(self, entries: Sequence[bytes]) -> list[int]:
-        """Durably append ``entries``; returns their indices once they are committed."""
+    def sequence(self, entries: Sequence[bytes], *, durable: bool = True) -> list[int]:
+        """Append ``entries``; returns their indices once they are committed.
+
+        A ``durable`` commit survives power loss when this returns. Without it the commit survives
+        the process (it is in the database's write-ahead log) and becomes power-loss durable with
+        the next durable commit, which the database writes after it.
+        """
         ...
 
     def integrate(self) -> tuple[int, bytes]:

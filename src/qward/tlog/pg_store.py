@@ -114,9 +114,12 @@ class PostgresLogStore(SQLLogStore):
                 copy.write_row(row)
 
     @contextmanager
-    def _write(self) -> Iterator[None]:
+    def _write(self, *, durable: bool = True) -> Iterator[None]:
         # psycopg commits when the block ends and rolls back if it raises.
         with self._db.transaction():
+            if not durable:
+                # An asynchronous commit: in the server's WAL, flushed by the next synchronous one.
+                self._db.execute("SET LOCAL synchronous_commit = off")
             self._db.execute("LOCK TABLE meta IN EXCLUSIVE MODE")
             yield
 

@@ -7,8 +7,14 @@
    than ``max_batch`` are queued. An ``add_many`` group is never split.
 2. Sequence them with one ``store.sequence`` call (one transaction, one fsync), and only after it
    commits resolve their futures with their indices. A resolved future is the acknowledgement: the
-   entry is durable, and an entry whose future did not resolve was never promised.
-3. When entries were acknowledged that no checkpoint covers yet, and ``checkpoint_interval`` has
+   entry is durable, and an entry whose future did not resolve was never promised. A batch in
+   which every request was added with ``durable=False`` commits without the fsync (it survives a
+   crash of the process; the next durable commit makes it survive power loss too).
+3. If a request in the batch was added with ``add_published``, publish a checkpoint covering the
+   batch at once (its commit is the batch's fsync: the sequencing commit skips its own), pass it
+   through ``on_publish`` (witness cosignatures) and resolve those requests with their indices and
+   the checkpoint. Concurrent requests so share one transaction and one checkpoint signature.
+4. When entries were acknowledged that no checkpoint covers yet, and ``checkpoint_interval`` has
    passed since the last checkpoint began, integrate and publish, so that a checkpoint covers an
    entry within about that interval plus the time to integrate and sign.
 
@@ -27,7 +33,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, InvalidStateError
 from contextlib import suppress
 from types import TracebackType
-from typing import Any
+from typing import Any, NamedTuple
 
 from qward.errors import AuditError, InputError
 from qward.tlog.backend import LogBackend, check_entries, note_checkpoint
@@ -35,8 +41,15 @@ from qward.tlog.note import NoteSigner
 
 __all__ = ["Sequencer"]
 
-# One queued request: a single entry (resolved with its index) or a group (with its indices).
-_Request = tuple["Future[Any]", bytes | list[bytes]]
+
+class _Request(NamedTuple):
+    """One queued request: a single entry (resolved with its index) or a group (with its
+    indices, and with the checkpoint covering them when ``publish``)."""
+
+    future: Future[Any]
+    item: bytes | list[bytes]
+    durable: bool = True
+    publish: bool = False
 
 
 def _as_audit_error(exc: BaseException) -> AuditError:
@@ -57,7 +70,7 @@ class Sequencer:
         max_batch: int = 8192,
         max_delay: float = 0.0,
         checkpoint_interval: float = 0.5,
-        on_publish: Callable[[bytes], None] | None = None,
+        on_publish: Callable[[bytes], bytes | None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if max_batch < 1 or max_delay < 0 or checkpoint_interval < 0:
@@ -96,27 +109,40 @@ class Sequencer:
         """Queue ``entry``; the future resolves to its index once it is durably sequenced."""
         check_entries([entry])
         future: Future[int] = Future()
-        self._enqueue(future, entry, 1)
+        self._enqueue(_Request(future, entry), 1)
         return future
 
-    def add_many(self, entries: Sequence[bytes]) -> Future[list[int]]:
-        """Queue ``entries`` as one group with consecutive indices, acknowledged together."""
+    def add_many(self, entries: Sequence[bytes], *, durable: bool = True) -> Future[list[int]]:
+        """Queue ``entries`` as one group with consecutive indices, acknowledged together.
+
+        Without ``durable`` the acknowledgement comes after a commit that survives a crash of the
+        process but not yet a power loss (see ``LogBackend.sequence``).
+        """
         group = list(entries)
         check_entries(group)
         future: Future[list[int]] = Future()
         if not group:
             future.set_result([])
             return future
-        self._enqueue(future, group, len(group))
+        self._enqueue(_Request(future, group, durable), len(group))
         return future
 
-    def _enqueue(self, future: Future[Any], item: bytes | list[bytes], count: int) -> None:
+    def add_published(self, entries: Sequence[bytes]) -> Future[tuple[list[int], bytes]]:
+        """Queue ``entries`` (possibly none) and a checkpoint covering them: the future resolves
+        to their indices and that checkpoint (as ``on_publish`` returned it) once it is durable."""
+        group = list(entries)
+        check_entries(group)
+        future: Future[tuple[list[int], bytes]] = Future()
+        self._enqueue(_Request(future, group, True, True), max(1, len(group)))
+        return future
+
+    def _enqueue(self, request: _Request, count: int) -> None:
         with self._queue:
             if self._error is not None:
                 raise self._error
             if self._closing:
                 raise AuditError("transparency log sequencer is closed")
-            self._pending.append((future, item))
+            self._pending.append(request)
             self._queued += count
             # The loop only needs waking when it sleeps for lack of work or its batch is full.
             if self._idle or self._queued >= self._max_batch:
@@ -202,39 +228,44 @@ class Sequencer:
             batch: list[_Request] = []
             taken = 0
             while self._pending and (not batch or taken < self._max_batch):
-                future, item = self._pending[0]
-                size = 1 if isinstance(item, bytes) else len(item)
+                request = self._pending[0]
+                size = 1 if isinstance(request.item, bytes) else max(1, len(request.item))
                 if batch and taken + size > self._max_batch:
                     break
                 self._pending.popleft()
                 self._queued -= size
                 # After this, a caller's ``cancel`` fails, so the result can always be set.
-                if future.set_running_or_notify_cancel():
-                    batch.append((future, item))
+                if request.future.set_running_or_notify_cancel():
+                    batch.append(request)
                     taken += size
             return batch
 
     def _sequence(self, batch: list[_Request]) -> None:
         entries: list[bytes] = []
-        for _, item in batch:
-            if isinstance(item, bytes):
-                entries.append(item)
+        for request in batch:
+            if isinstance(request.item, bytes):
+                entries.append(request.item)
             else:
-                entries.extend(item)
-        if not entries:
-            return
-        indices = self._store.sequence(entries)
-        if len(indices) != len(entries):
-            raise AuditError("transparency log: the store acknowledged a different entry count")
-        self._acknowledged = indices[-1] + 1
+                entries.extend(request.item)
+        publish = any(r.publish for r in batch)
+        indices: list[int] = []
+        if entries:
+            # With a checkpoint to publish, its commit is the fsync that covers these entries.
+            durable = not publish and any(r.durable for r in batch)
+            indices = self._store.sequence(entries, durable=durable)
+            if len(indices) != len(entries):
+                raise AuditError("transparency log: the store acknowledged a different entry count")
+            self._acknowledged = indices[-1] + 1
+        note = self._checkpoint() if publish else b""
         position = 0
-        for future, item in batch:
-            if isinstance(item, bytes):
-                future.set_result(indices[position])
+        for request in batch:
+            if isinstance(request.item, bytes):
+                request.future.set_result(indices[position])
                 position += 1
-            else:
-                future.set_result(indices[position : position + len(item)])
-                position += len(item)
+                continue
+            mine = indices[position : position + len(request.item)]
+            position += len(request.item)
+            request.future.set_result((mine, note) if request.publish else mine)
 
     def _checkpoint_due(self) -> bool:
         until = self._until_checkpoint()
@@ -243,15 +274,17 @@ class Sequencer:
         with self._queue:
             return until == 0 or (self._closing and not self._pending)
 
-    def _checkpoint(self) -> None:
+    def _checkpoint(self) -> bytes:
         self._last_checkpoint = self._clock()
         note = self._store.publish(origin=self._origin, signers=self._signers, integrate=True)
+        if self._on_publish is not None:
+            # It may return the note as it should be handed out (with witness cosignatures).
+            note = self._on_publish(note) or note
         with self._published:
             self._published_size = note_checkpoint(note).size
             self._latest = note
             self._published.notify_all()
-        if self._on_publish is not None:
-            self._on_publish(note)
+        return note
 
     def _fail(self, exc: BaseException, batch: list[_Request]) -> None:
         error = _as_audit_error(exc)
@@ -260,10 +293,10 @@ class Sequencer:
             waiting = [*batch, *self._pending]
             self._pending.clear()
             self._queued = 0
-        for future, _ in waiting:
+        for request in waiting:
             # A future already acknowledged, or cancelled by its caller, keeps its state.
             with suppress(InvalidStateError):
-                future.set_exception(error)
+                request.future.set_exception(error)
         with self._published:
             self._published.notify_all()
 

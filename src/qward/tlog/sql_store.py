@@ -94,8 +94,12 @@ class SQLLogStore(ABC):
         """Insert ``rows`` of ``columns`` into ``table``, as fast as the driver can."""
 
     @abstractmethod
-    def _write(self) -> AbstractContextManager[None]:
-        """One write transaction, serialized against every other writer of this log."""
+    def _write(self, *, durable: bool = True) -> AbstractContextManager[None]:
+        """One write transaction, serialized against every other writer of this log.
+
+        Without ``durable`` the commit need not reach the disk before it returns (see
+        ``LogBackend.sequence``); every durable commit after it flushes it too.
+        """
 
     @abstractmethod
     def _close(self) -> None:
@@ -108,8 +112,8 @@ class SQLLogStore(ABC):
         return _Guard(self, what)
 
     @contextmanager
-    def _transaction(self, what: str) -> Iterator[None]:
-        with _Guard(self, what), self._write():
+    def _transaction(self, what: str, *, durable: bool = True) -> Iterator[None]:
+        with _Guard(self, what), self._write(durable=durable):
             yield
 
     def _one(self, sql: str, params: Sequence[object] = ()) -> Row | None:
@@ -137,13 +141,14 @@ class SQLLogStore(ABC):
 
     # -- the three phases --------------------------------------------------------------------
 
-    def sequence(self, entries: Sequence[bytes]) -> list[int]:
-        """Durably append ``entries``; returns their indices once they are committed."""
+    def sequence(self, entries: Sequence[bytes], *, durable: bool = True) -> list[int]:
+        """Append ``entries``; returns their indices once they are committed (see
+        ``LogBackend.sequence`` for ``durable``)."""
         check_entries(entries)
         if not entries:
             return []
         rows = [(e, merkle.leaf_hash(e)) for e in entries]
-        with self._transaction(f"sequencing {len(entries)} entries"):
+        with self._transaction(f"sequencing {len(entries)} entries", durable=durable):
             first = self._sequenced()
             self._insert(
                 "entries",
