@@ -39,7 +39,7 @@ from qward.public.observability import Metrics, MetricsMiddleware, health_router
 from qward.public.openai_api import ModelForbiddenError, openai_router
 from qward.public.ratelimit import RateLimiter
 from qward.public.refusals import RefusalAggregator
-from qward.public.trust_source import TrustSource, check_receipt
+from qward.public.trust_source import TrustSource
 from qward.public.v2 import ModelRepository, v2_router
 from qward.sdk.core_client import AsyncCoreClient, CoreClient
 from qward.sdk.core_process import socket_path
@@ -229,7 +229,9 @@ def create_app(
             model_sha256, sealed, seed=seed, parameters=parameters, access=claim_access(request)
         )
         # Never a 200 with a receipt that would fail `qward verify` (e.g. no witness quorum).
-        await run_in_threadpool(lambda: check_receipt(result.receipt, trust_source.current()))
+        await run_in_threadpool(
+            lambda: trust_source.check_receipt(result.receipt, trust_source.current())
+        )
         return {
             "outputs": tensors_to_json(result.outputs),
             "parameters": {"receipt_id": result.receipt_id, "log_index": result.log_index},

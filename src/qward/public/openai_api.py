@@ -31,7 +31,7 @@ from qward.public.openai_schema import (
     CompletionRequest,
     generation_request,
 )
-from qward.public.trust_source import TrustSource, check_receipt
+from qward.public.trust_source import TrustSource
 from qward.runtime.llm_profile import GGUF_CONTENT_TYPE
 from qward.sdk.client import seal_generation_request
 from qward.sdk.core_client import AsyncCoreClient
@@ -91,7 +91,7 @@ def openai_router(core: CoreInterface, trust: TrustSource, *, runner: AsyncCoreC
             events = _events(runner, trust, body.model, sealed, seed, kind, include_usage)
             return StreamingResponse(events, media_type="text/event-stream")
         result = await runner.generate(body.model, sealed, seed=seed, by_name=True)
-        await run_in_threadpool(check_receipt, result.receipt, trust.current())
+        await run_in_threadpool(trust.check_receipt, result.receipt, trust.current())
         return JSONResponse(
             _completion(kind, body.model, seed, result), headers=_receipt_headers(result)
         )
@@ -204,7 +204,7 @@ async def _events(
                     yield _sse(stream.chunk(item.text, None, first=first))
                     first = False
                 continue
-            await run_in_threadpool(check_receipt, item.receipt, trust.current())
+            await run_in_threadpool(trust.check_receipt, item.receipt, trust.current())
             final = stream.chunk("", _FINISH[item.record["finish_reason"]], first=first)
             yield _sse({**final, "qward": _qward(seed, item)})
             if include_usage:

@@ -16,9 +16,9 @@ from collections.abc import Callable
 from qward.core_api import CoreInterface
 from qward.errors import AuditError, VerificationError
 from qward.receipts.trust import TrustBundle
-from qward.sdk.client import verify
+from qward.receipts.verify import Verifier
 
-__all__ = ["TrustSource", "check_receipt"]
+__all__ = ["TrustSource"]
 
 
 class TrustSource:
@@ -37,6 +37,9 @@ class TrustSource:
         self._lock = threading.Lock()
         self._trust = core.trust()
         self._fetched = clock()
+        # One verifier per bundle: it keeps the checkpoints it has opened, and the receipts of
+        # one batch share their checkpoint, so its signatures are checked once per batch.
+        self._verifier = (self._trust, Verifier(trust=self._trust))
 
     def current(self, *, force: bool = False) -> TrustBundle:
         """The bundle, re-read from the core if it is older than ``min_interval`` (or ``force``);
@@ -47,14 +50,28 @@ class TrustSource:
                 self._fetched = self._clock()
             return self._trust
 
+    def current_nowait(self) -> TrustBundle | None:
+        """The bundle if it is fresh and nobody is re-reading it, else ``None`` (then call
+        ``current`` from a worker thread): lets the event loop skip a thread hop per request."""
+        if not self._lock.acquire(blocking=False):
+            return None
+        try:
+            fresh = self._clock() - self._fetched < self._min_interval
+            return self._trust if fresh else None
+        finally:
+            self._lock.release()
 
-def check_receipt(receipt: bytes, trust: TrustBundle) -> None:
-    """Raise ``AuditError`` unless ``receipt`` verifies against ``trust`` (witness quorum
-    included): the caller must not return it as a success."""
-    try:
-        verify(receipt, trust=trust)
-    except VerificationError as exc:
-        raise AuditError(
-            f"the receipt does not verify against the core's trust bundle ({exc}); "
-            "no result is returned"
-        ) from None
+    def check_receipt(self, receipt: bytes, trust: TrustBundle) -> None:
+        """Raise ``AuditError`` unless ``receipt`` verifies against ``trust`` (witness quorum
+        included): the caller must not return it as a success."""
+        pinned, verifier = self._verifier
+        if pinned is not trust:
+            verifier = Verifier(trust=trust)
+            self._verifier = (trust, verifier)
+        try:
+            verifier.verify(receipt)
+        except VerificationError as exc:
+            raise AuditError(
+                f"the receipt does not verify against the core's trust bundle ({exc}); "
+                "no result is returned"
+            ) from None
