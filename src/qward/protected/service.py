@@ -148,6 +148,20 @@ class CoreService:
             ]
         )
 
+    def _record_replay(
+        self, body: dict[str, Any], request_id: str, verdict: str, digest: str
+    ) -> int:
+        """Log a replay's verdict under a checkpoint covering it; returns its index."""
+        return self.record_published(
+            replay_entry(
+                receipt_id=body["receipt_id"],
+                request_id=request_id,
+                verdict=verdict,
+                output_sha256=digest,
+                at=self._now(),
+            )
+        )
+
     def record_published(self, entry: bytes) -> int:
         """Sequence ``entry``, publish a checkpoint covering it and return its index."""
         (index,), _, _ = self._auditor.record_covered([entry])
@@ -464,15 +478,7 @@ class CoreService:
             record = worker.generate(request, seed=_seed(body["seed"]))
         verdict, detail = judge_generation(body, record, header.get("original_token_ids"))
         digest = output_sha256(record["token_ids"], record["text"])
-        index = self.record_published(
-            replay_entry(
-                receipt_id=body["receipt_id"],
-                request_id=request_id,
-                verdict=verdict,
-                output_sha256=digest,
-                at=self._now(),
-            )
-        )
+        index = self._record_replay(body, request_id, verdict, digest)
         return {
             "ok": True,
             "verdict": verdict,
@@ -588,15 +594,7 @@ class CoreService:
             else None,
         )
         verdict = judged.verdict
-        self.record_published(
-            replay_entry(
-                receipt_id=body["receipt_id"],
-                request_id=request_id,
-                verdict=verdict,
-                output_sha256=digest,
-                at=self._now(),
-            )
-        )
+        self._record_replay(body, request_id, verdict, digest)
         return {
             "ok": True,
             "verdict": verdict,
