@@ -13,6 +13,7 @@ integrating, the checkpoint signature and the one fsync).
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import time
 from collections import defaultdict
@@ -25,7 +26,22 @@ from qward.receipts.trust import TrustBundle
 from qward.sdk.client import seal_input
 from qward.tensors import Tensor
 
-__all__ = ["crypto_costs", "median_ms", "print_breakdown", "span_means"]
+__all__ = [
+    "cpu_seconds",
+    "crypto_costs",
+    "median_ms",
+    "print_breakdown",
+    "print_cpu",
+    "span_means",
+]
+
+# A process's role, from its command line; the first match wins.
+_ROLES = (
+    ("-m qward.protected", "core"),
+    ("-m qward.public", "public server"),
+    ("-m qward.runtime.worker", "workers"),
+    ("-m qward serve", "supervisor"),
+)
 
 _STAGES = (
     ("qward.log.append", "storage: access + key-use records (no fsync)"),
@@ -86,6 +102,51 @@ def print_breakdown(label: str, client_ms: float, spans: dict[str, float]) -> No
             inside += spans[name]
             print(f"  {spans[name]:7.3f} ms  {what}")
     print(f"  {core - inside:7.3f} ms  core: framing, parsing, receipt body, inclusion proof")
+
+
+def _stat(pid: str) -> tuple[int, float] | None:
+    """(parent pid, user + system CPU seconds) of ``pid``, or ``None`` if it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name may hold spaces: the fields that follow start after its closing paren.
+    fields = stat[stat.rindex(")") + 2 :].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return int(fields[1]), (int(fields[11]) + int(fields[12])) / ticks
+
+
+def _role(pid: int) -> str:
+    try:
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return "gone"
+    return next((role for marker, role in _ROLES if marker in command), "server")
+
+
+def cpu_seconds(root: int) -> dict[str, float]:
+    """CPU seconds used so far by ``root`` and its descendants, summed per role (Linux only)."""
+    stats = {int(p): st for p in os.listdir("/proc") if p.isdigit() and (st := _stat(p))}
+    tree, frontier = {root}, [root]
+    while frontier:
+        parent = frontier.pop()
+        children = [pid for pid, (ppid, _) in stats.items() if ppid == parent]
+        tree.update(children)
+        frontier.extend(children)
+    totals: dict[str, float] = defaultdict(float)
+    for pid in tree:
+        if pid in stats:
+            totals[_role(pid)] += stats[pid][1]
+    return dict(totals)
+
+
+def print_cpu(label: str, before: dict[str, float], after: dict[str, float], requests: int) -> None:
+    """Print the CPU milliseconds per request each role spent between two ``cpu_seconds``."""
+    parts = [
+        f"{role} {(after[role] - before.get(role, 0.0)) / requests * 1e3:.2f}"
+        for role in sorted(after)
+    ]
+    print(f"  {label} CPU per request (ms): " + ", ".join(parts))
 
 
 def median_ms(samples: list[float]) -> float:

@@ -6,7 +6,8 @@ Both servers get the same V2 JSON inference request from the same async load gen
 loopback. qward's path includes token auth, the access log entry, sealing the input, the sandboxed
 worker, the log appends and a signed checkpoint covering each receipt (shared by the requests of
 one batch). The servers take turns for ``--runs`` rounds; the summary gives min/median/max of the
-ratios. A last traced pass at concurrency 1 prints where a request's time goes.
+ratios. Each run prints the CPU time every process spent per request (qward: core, public
+server, workers), and a last traced pass at concurrency 1 prints where a request's time goes.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from importlib import resources
 from pathlib import Path
 
 import httpx
-from _breakdown import print_breakdown, span_means
+from _breakdown import cpu_seconds, print_breakdown, print_cpu, span_means
 
 from qward.public.auth import TOKEN_FILE, TokenStore
 from qward.receipts.trust import TrustBundle
@@ -202,7 +203,11 @@ def main() -> None:
             for run in range(args.runs):
                 print(f"run {run + 1} of {args.runs}:")
                 results = {}
-                for name, url, headers in (("plain", plain_url, {}), ("qward", qward_url, auth)):
+                for name, url, headers, proc in (
+                    ("plain", plain_url, {}, plain),
+                    ("qward", qward_url, auth, served),
+                ):
+                    before = cpu_seconds(proc.pid)
                     latencies = asyncio.run(
                         _load(
                             f"{url}/v2/models/{names[name]}/infer",
@@ -213,6 +218,7 @@ def main() -> None:
                         )
                     )
                     results[name] = _report(name, latencies, args.seconds)
+                    print_cpu(name, before, cpu_seconds(proc.pid), len(latencies))
                 (plain_rate, plain_p99), (ours, our_p99) = results["plain"], results["qward"]
                 ratios.append((ours / plain_rate, our_p99 / plain_p99))
                 print(f"  qward/plain throughput {ratios[-1][0]:.2f}x, p99 {ratios[-1][1]:.2f}x")
