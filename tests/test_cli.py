@@ -25,6 +25,8 @@ def demo_state(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     result = qward("demo", state=state)
     assert result.returncode == 0, result.stderr
     assert "bitwise-identical" in result.stdout
+    # Its stdout is a pipe here: the table keeps its natural width, no cell cut with an ellipsis.
+    assert "…" not in result.stdout, result.stdout
     yield state
 
 
@@ -140,3 +142,18 @@ def test_log_verify_passes_then_catches_tampering(demo_state: Path) -> None:
     bad = qward("log", "verify", state=demo_state)
     assert bad.returncode == 1
     assert f"{idx}" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_a_table_printed_into_a_pipe_is_never_cut(capsys: pytest.CaptureFixture[str]) -> None:
+    from rich.table import Table
+
+    from qward.cli._app import console, print_table
+
+    width = console.width
+    digest = "ab" * 32
+    table = Table(show_header=False)
+    table.add_row("digests", f"{digest} {digest} {digest}")
+    print_table(table)
+    out = capsys.readouterr().out
+    assert f"{digest} {digest} {digest}" in out and "…" not in out
+    assert console.width == width  # the console is back at the width it had

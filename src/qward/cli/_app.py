@@ -87,6 +87,7 @@ app.add_typer(audit_app, name="audit")
 # stdout or stderr is a pipe (80 columns), so a path or a command stays whole and greppable.
 console = Console(soft_wrap=True)
 err_console = Console(stderr=True, soft_wrap=True)
+_PIPE_WIDTH = 100_000
 
 MAX_MODEL_FILE = 1024 * 1024 * 1024
 MAX_REQUEST_FILE = 64 * 1024 * 1024
@@ -189,8 +190,16 @@ def working(message: str) -> Iterator[None]:
 
 def print_table(table: Table) -> None:
     """Print ``table`` on stdout; in a pipe at its natural width, never cut to 80 columns."""
-    width = None if console.is_terminal else 100_000
-    console.print(table, width=width, crop=False)
+    if console.is_terminal:
+        console.print(table)
+        return
+    # rich caps a print's ``width`` at the console's own (80 in a pipe): widen the console.
+    saved = console.width
+    console.width = _PIPE_WIDTH
+    try:
+        console.print(table, crop=False)
+    finally:
+        console.width = saved
 
 
 def keep_receipt(path: Path, receipt: bytes, state_dir: Path, receipt_id: str) -> None:
