@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import statistics
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -29,7 +28,6 @@ from qward.tensors import Tensor
 __all__ = [
     "cpu_seconds",
     "crypto_costs",
-    "median_ms",
     "print_breakdown",
     "print_cpu",
     "span_means",
@@ -147,8 +145,3 @@ def print_cpu(label: str, before: dict[str, float], after: dict[str, float], req
         for role in sorted(after)
     ]
     print(f"  {label} CPU per request (ms): " + ", ".join(parts))
-
-
-def median_ms(samples: list[float]) -> float:
-    """The median of ``samples`` (seconds), in milliseconds."""
-    return statistics.median(samples) * 1e3
