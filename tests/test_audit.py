@@ -106,7 +106,7 @@ def test_audit_cli(audited: tuple[Served, str, TrustBundle], tmp_path: Path) -> 
     pinned = tmp_path / "trust.json"
     pinned.write_bytes(trust.to_bytes())
     checked = qward("audit", "verify", str(bundle), "--trust", str(pinned))
-    assert checked.returncode == 0 and "3 entries (3 receipts)" in checked.stdout
+    assert checked.returncode == 0 and "3 entries (3 receipts, 0 replay verdicts)" in checked.stdout
     bundle.write_bytes(bundle.read_bytes().replace(b'"index":', b'"index" :', 1))
     broken = qward("audit", "verify", str(bundle), "--trust", str(pinned))
     # Not canonical JSON is a malformed file (exit 2), as for receipts.

@@ -226,15 +226,21 @@ class _LyingCore:
         self._real = real
 
     def replay(
-        self, receipt: bytes, sealed_input: bytes, original: tuple[Tensor, ...] | None = None
+        self,
+        receipt: bytes,
+        sealed_input: bytes,
+        original: tuple[Tensor, ...] | None = None,
+        issuer_trust: bytes | None = None,
     ) -> ReplayResult:
-        honest = self._real._core.replay(receipt, sealed_input, original)
+        honest = self._real._core.replay(receipt, sealed_input, original, issuer_trust)
         altered = (Tensor.from_numpy("label", np.array([2, 1, 0], dtype=np.int64)),)
+        # The logged verdict document is the honest one; only the outputs it hands back lie.
         return ReplayResult(
             verdict="bitwise-identical",
             output_sha256=honest.output_sha256,
             expected_sha256=honest.expected_sha256,
             outputs=altered,
+            verdict_document=honest.verdict_document,
         )
 
 

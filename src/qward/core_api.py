@@ -124,6 +124,8 @@ class GenerationReplay:
     expected_sha256: str
     record: dict[str, Any]
     log_index: int
+    #: The logged verdict with its inclusion proof and checkpoint (a replay-verdict document).
+    verdict_document: bytes = b""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -136,6 +138,9 @@ class ReplayResult:
     outputs: tuple[Tensor, ...]
     same_environment: bool = True
     detail: str = ""
+    #: The verdict's log index and its replay-verdict document (entry, proof, checkpoint).
+    log_index: int = -1
+    verdict_document: bytes = b""
 
 
 class CoreInterface(Protocol):
@@ -167,12 +172,14 @@ class CoreInterface(Protocol):
         receipt: bytes,
         sealed_request: bytes,
         original_token_ids: list[int] | None = None,
+        issuer_trust: bytes | None = None,
     ) -> GenerationReplay: ...
     def replay(
         self,
         receipt: bytes,
         sealed_input: bytes,
         original_outputs: tuple[Tensor, ...] | None = None,
+        issuer_trust: bytes | None = None,
     ) -> ReplayResult: ...
     def checkpoint(self) -> bytes: ...
     def models(self) -> list[dict[str, Any]]: ...

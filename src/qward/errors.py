@@ -136,9 +136,17 @@ class AttestationError(VerificationError):
 
 
 class ReplayMismatchError(VerificationError):
-    """A replay produced outputs that differ from the receipt."""
+    """A replay produced outputs that differ from the receipt.
+
+    The core logged the verdict all the same: ``verdict_document`` is its replay-verdict
+    document (empty when the error did not come from a logged replay).
+    """
 
     code = "replay_mismatch"
+
+    def __init__(self, message: str, *, verdict_document: bytes = b"") -> None:
+        super().__init__(message)
+        self.verdict_document = verdict_document
 
 
 class AuditError(QwardError):

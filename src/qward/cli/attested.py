@@ -31,6 +31,7 @@ from qward.cli._app import (
     write_file,
 )
 from qward.cli.chat import check_generation_file, generation_file, replay_generation_receipt
+from qward.cli.replays import keep_verdict
 from qward.encoding import read_limited, recanonicalize_json
 from qward.errors import InputError, VerificationError
 from qward.receipts.commitment import SALT_BYTES, check_input
@@ -307,14 +308,64 @@ def _replay(
         ),
     ] = None,
     input_salt: SaltOption = None,
+    issuer_trust: Annotated[
+        Path | None,
+        typer.Option(
+            help="Pinned trust bundle of the log that issued the receipt, when another core "
+            "issued it (an independent replay)."
+        ),
+    ] = None,
+    verdict_out: Annotated[
+        Path | None,
+        typer.Option(help="Where to keep the replay verdict document (default: next to RECEIPT)."),
+    ] = None,
     state_dir: StateDir = DEFAULT_STATE,
 ) -> None:
     """Re-run the receipt's model on the same input and seed: bit-identical on the same platform
-    and environment, within the declared tolerance elsewhere (given --original-output)."""
+    and environment, within the declared tolerance elsewhere (given --original-output). The core
+    logs the verdict; its document (entry, inclusion proof, checkpoint) is written to
+    --verdict-out, also when the verdict is a mismatch."""
     receipt_bytes = _read_receipt(receipt)
-    if _is_generation(receipt_bytes):
-        replay_generation_receipt(receipt_bytes, input_file or generation_file(receipt), state_dir)
-        return
+    issuer = (
+        TrustBundle.from_bytes(read_limited(str(issuer_trust), limit=256 * 1024, what="trust"))
+        if issuer_trust is not None
+        else None
+    )
+    out = verdict_out or receipt.with_name(receipt.stem + ".replay-verdict.json")
+    writable_path(out, what="replay verdict")
+    with keep_verdict(out):
+        if _is_generation(receipt_bytes):
+            replay_generation_receipt(
+                receipt_bytes,
+                input_file or generation_file(receipt),
+                state_dir,
+                issuer_trust=issuer,
+                verdict_out=out,
+            )
+            return
+        _replay_tensors(
+            receipt,
+            receipt_bytes,
+            input_file=input_file,
+            original_output=original_output,
+            input_salt=input_salt,
+            issuer=issuer,
+            out=out,
+            state_dir=state_dir,
+        )
+
+
+def _replay_tensors(
+    receipt: Path,
+    receipt_bytes: bytes,
+    *,
+    input_file: Path | None,
+    original_output: Path | None,
+    input_salt: Path | None,
+    issuer: TrustBundle | None,
+    out: Path,
+    state_dir: Path,
+) -> None:
     if input_file is None:
         raise InputError("--input is required: the original request of the run to replay")
     inputs, _ = tensors_from_json(
@@ -336,8 +387,11 @@ def _replay(
             inputs,
             original_outputs=original,
             input_salt=_read_salt(receipt, input_salt),
+            issuer_trust=issuer,
         )
+    write_file(out, result.verdict_document, what="replay verdict")
     console.print(
         f"[green]{result.verdict}[/green]: output sha256 {result.output_sha256}"
-        f"{'' if result.same_environment else ' (different platform or environment)'}"
+        f"{'' if result.same_environment else ' (different platform or environment)'}; "
+        f"verdict logged at entry {result.log_index}, document in {out}"
     )

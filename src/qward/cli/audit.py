@@ -22,6 +22,7 @@ from qward.audit import (
     query_runs,
     verify_evidence,
 )
+from qward.audit.replays import replay_indices
 from qward.cli._app import (
     DEFAULT_STATE,
     StateDir,
@@ -42,7 +43,7 @@ from qward.tlog.backend import LogBackend
 from qward.tlog.location import log_location, open_log_store
 from qward.tlog.witness_policy import Quorum
 
-__all__ = ["open_log"]
+__all__ = ["LogDatabase", "open_log"]
 
 
 LogDatabase = Annotated[
@@ -285,15 +286,21 @@ def _audit_export(
         with working("collecting receipts and proofs"):
             runs = query_runs(store, model=model, caller=caller)
             trust = trust_bundle(state_dir, None)
-            bundle = export_evidence(store, trust, [r.index for r in runs])
+            # Each receipt travels with the verdicts of its replays that this log recorded.
+            replays = replay_indices(store, trust.origin, {r.index for r in runs})
+            bundle = export_evidence(store, trust, [r.index for r in runs] + replays)
     finally:
         store.close()
     write_file(output, bundle, what="evidence bundle")
-    included = len(json.loads(bundle)["items"])
-    console.print(f"wrote {output}: {included} receipts with inclusion proofs")
-    if included < len(runs):
+    included = {item["index"] for item in json.loads(bundle)["items"]}
+    receipts = sum(r.index in included for r in runs)
+    verdicts = sum(i in included for i in replays)
+    console.print(
+        f"wrote {output}: {receipts} receipts and {verdicts} replay verdicts with inclusion proofs"
+    )
+    if receipts < len(runs):
         console.print(
-            f"[yellow]warning[/yellow]: {len(runs) - included} newer receipts are not yet covered "
+            f"[yellow]warning[/yellow]: {len(runs) - receipts} newer receipts are not yet covered "
             "by a checkpoint carrying the pinned witness quorum; export again later"
         )
 
@@ -309,7 +316,8 @@ def _audit_verify(
         read_limited(str(bundle), limit=256 * 1024 * 1024, what="bundle"), trust=trust
     )
     console.print(
-        f"[green]OK[/green] {report.entries} entries ({report.receipts} receipts) "
+        f"[green]OK[/green] {report.entries} entries ({report.receipts} receipts, "
+        f"{report.replays} replay verdicts) "
         f"proved against checkpoint {report.checkpoint.size} of {report.checkpoint.origin}"
     )
     if report.quorum:

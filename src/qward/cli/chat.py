@@ -26,10 +26,12 @@ from qward.cli._app import (
     trust_bundle,
     working,
     writable_path,
+    write_file,
 )
 from qward.encoding import canonical_json, parse_canonical_json, read_limited
 from qward.errors import InputError
 from qward.receipts.generation import check_completion
+from qward.receipts.trust import TrustBundle
 from qward.sdk.client import Client, VerifiedGeneration
 from qward.sdk.core_client import CoreClient
 from qward.sdk.core_process import core_session
@@ -169,14 +171,27 @@ def check_generation_file(body: dict[str, Any], path: Path) -> None:
         raise InputError(f"{path} holds another request than the receipt names")
 
 
-def replay_generation_receipt(receipt: bytes, companion: Path, state_dir: Path) -> None:
-    """``qward replay`` for a generation receipt: regenerate and compare token for token."""
+def replay_generation_receipt(
+    receipt: bytes,
+    companion: Path,
+    state_dir: Path,
+    *,
+    issuer_trust: TrustBundle | None,
+    verdict_out: Path,
+) -> None:
+    """``qward replay`` for a generation receipt: regenerate and compare token for token; the
+    logged verdict's document goes to ``verdict_out``."""
     doc = read_generation_file(companion)
     with core_session(state_dir) as core, working("replaying the generation"):
         result = Client(core, trust=trust_bundle(state_dir, None)).replay_generation(
-            receipt, doc["request"], original_token_ids=doc["token_ids"]
+            receipt,
+            doc["request"],
+            original_token_ids=doc["token_ids"],
+            issuer_trust=issuer_trust,
         )
+    write_file(verdict_out, result.verdict_document, what="replay verdict")
     console.print(
         f"[green]{result.verdict}[/green]: {len(result.record['token_ids'])} token ids, "
-        f"output sha256 {result.output_sha256}"
+        f"output sha256 {result.output_sha256}; verdict logged at entry {result.log_index}, "
+        f"document in {verdict_out}"
     )

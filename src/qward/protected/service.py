@@ -39,6 +39,7 @@ from qward.protected.models import (
     ModelRegistry,
 )
 from qward.protected.opening import open_sealed
+from qward.protected.replays import replay_verdict_record, verified_receipt
 from qward.protected.tracing import tracer
 from qward.receipts.commitment import (
     INPUT_CONTENT_TYPE,
@@ -51,7 +52,6 @@ from qward.receipts.entries import (
     admin_entry,
     key_use_entry,
     receipt_entry,
-    replay_entry,
 )
 from qward.receipts.generation import output_sha256
 from qward.receipts.receipt import (
@@ -62,9 +62,10 @@ from qward.receipts.receipt import (
     ReceiptBundle,
     ReceiptSigning,
 )
-from qward.receipts.replay_verdict import judge
+from qward.receipts.replay_evidence import ReplayVerdictDocument
+from qward.receipts.replay_verdict import judge, same_environment
 from qward.receipts.trust import TrustBundle
-from qward.receipts.verify import Verifier
+from qward.receipts.verify import VerifiedReceipt, Verifier
 from qward.runtime.llm_profile import GGUF_CONTENT_TYPE
 from qward.runtime.model_checks import check_model_bytes
 from qward.tensors import Tensor, decode_tensors, encode_tensors, tensors_digest
@@ -149,18 +150,42 @@ class CoreService:
         )
 
     def _record_replay(
-        self, body: dict[str, Any], request_id: str, verdict: str, digest: str
-    ) -> int:
-        """Log a replay's verdict under a checkpoint covering it; returns its index."""
-        return self.record_published(
-            replay_entry(
-                receipt_id=body["receipt_id"],
-                request_id=request_id,
-                verdict=verdict,
-                output_sha256=digest,
-                at=self._now(),
-            )
+        self,
+        verified: VerifiedReceipt,
+        *,
+        request_id: str,
+        replay_runtime: dict[str, Any],
+        output_sha256: str,
+        verdict: str,
+        same_environment: bool,
+        detail: str,
+        max_abs: float = 0.0,
+        max_rel: float = 0.0,
+    ) -> dict[str, Any]:
+        """Log a replay's verdict under a checkpoint covering it; the reply members naming it,
+        with the verdict document that proves it offline."""
+        entry = replay_verdict_record(
+            verified,
+            log_origin=self._auditor.origin,
+            attestation=self.attestation.receipt_record,
+            replay_runtime=replay_runtime,
+            output_sha256=output_sha256,
+            verdict=verdict,
+            same_environment=same_environment,
+            max_abs=max_abs,
+            max_rel=max_rel,
+            detail=detail,
+            request_id=request_id,
+            at=self._now(),
         )
+        (index,), note, checkpoint = self._auditor.record_covered([entry])
+        document = ReplayVerdictDocument(
+            entry=entry,
+            index=index,
+            checkpoint=note,
+            inclusion_proof=self._auditor.inclusion_proof(index, checkpoint.size),
+        )
+        return {"log_index": index, "verdict_document": document.to_bytes().decode("utf-8")}
 
     def record_published(self, entry: bytes) -> int:
         """Sequence ``entry``, publish a checkpoint covering it and return its index."""
@@ -463,10 +488,8 @@ class CoreService:
         """Regenerate a receipted generation from its sealed request and seed, and compare token
         ids exactly: the verdict is bitwise-identical or a mismatch naming the first divergent
         token (given the original ids in ``original_token_ids``). The verdict is logged."""
-        receipt = header.get("receipt")
-        if not isinstance(receipt, str):
-            raise InputError("replay needs the receipt")
-        body = self._verifier.verify(receipt.encode("utf-8")).body
+        verified = verified_receipt(header, self._verifier)
+        body = verified.body
         if "generation" not in body["runtime"]:
             raise InputError("the receipt is not for a text generation; use replay")
         entry = self._models.get(str(body["model"]["sha256"]))
@@ -478,14 +501,27 @@ class CoreService:
             record = worker.generate(request, seed=_seed(body["seed"]))
         verdict, detail = judge_generation(body, record, header.get("original_token_ids"))
         digest = output_sha256(record["token_ids"], record["text"])
-        index = self._record_replay(body, request_id, verdict, digest)
+        runtime = {
+            "platform_class": worker.info["platform_class"],
+            "libraries": worker.info["libraries"],
+        }
+        logged = self._record_replay(
+            verified,
+            request_id=request_id,
+            replay_runtime=runtime,
+            output_sha256=digest,
+            verdict=verdict,
+            # Token ids compare exactly on any platform; the flag still says where it ran.
+            same_environment=same_environment(body["runtime"], runtime),
+            detail=detail,
+        )
         return {
             "ok": True,
             "verdict": verdict,
             "detail": detail,
             "output_sha256": digest,
             "expected_sha256": body["output"]["sha256"],
-            "log_index": index,
+            **logged,
         }, canonical_json(record)
 
     def _open_request(
@@ -563,10 +599,8 @@ class CoreService:
         }
 
     def op_replay(self, header: dict[str, Any], payload: bytes) -> Reply:
-        receipt = header.get("receipt")
-        if not isinstance(receipt, str):
-            raise InputError("replay needs the receipt")
-        body = self._verifier.verify(receipt.encode("utf-8")).body
+        verified = verified_receipt(header, self._verifier)
+        body = verified.body
         entry = self._models.get(str(body["model"]["sha256"]))
         request_id = self._src.token()
         worker, _, outputs, record = self._execute(
@@ -581,27 +615,38 @@ class CoreService:
         entry_info = worker.info
         digest, expected = tensors_digest(outputs), body["output"]["sha256"]
         original = header.get("original_outputs")
+        replay_runtime = {
+            "platform_class": entry_info["platform_class"],
+            "libraries": entry_info["libraries"],
+            **({"circuit": record["circuit"]} if "circuit" in record else {}),
+        }
         judged = judge(
             body=body,
-            replay_runtime={
-                "platform_class": entry_info["platform_class"],
-                "libraries": entry_info["libraries"],
-                **({"circuit": record["circuit"]} if "circuit" in record else {}),
-            },
+            replay_runtime=replay_runtime,
             replay_outputs=outputs,
             original_outputs=decode_tensors(b64decode(original, what="original outputs"))
             if original is not None
             else None,
         )
-        verdict = judged.verdict
-        self._record_replay(body, request_id, verdict, digest)
+        logged = self._record_replay(
+            verified,
+            request_id=request_id,
+            replay_runtime=replay_runtime,
+            output_sha256=digest,
+            verdict=judged.verdict,
+            same_environment=judged.same_environment,
+            detail=judged.detail,
+            max_abs=judged.max_abs,
+            max_rel=judged.max_rel,
+        )
         return {
             "ok": True,
-            "verdict": verdict,
+            "verdict": judged.verdict,
             "same_environment": judged.same_environment,
             "detail": judged.detail,
             "output_sha256": digest,
             "expected_sha256": expected,
+            **logged,
         }, encode_tensors(outputs)
 
     def op_unload_model(self, header: dict[str, Any], payload: bytes) -> Reply:

@@ -15,12 +15,14 @@ __all__ = [
     "KEY_USE_ENTRY",
     "RECEIPT_ENTRY",
     "REPLAY_ENTRY",
+    "REPLAY_VERDICT_ENTRY",
     "access_entry",
     "admin_entry",
     "attestation_entry",
     "key_use_entry",
     "receipt_entry",
     "replay_entry",
+    "replay_verdict_entry",
 ]
 
 RECEIPT_ENTRY = "qward/receipt/v1"
@@ -28,7 +30,9 @@ RECEIPT_ENTRY = "qward/receipt/v1"
 CHECKPOINT_RECEIPT_ENTRY = "qward/receipt/v2"
 KEY_USE_ENTRY = "qward/key-use/v1"
 ADMIN_ENTRY = "qward/admin/v1"
+#: Before replay verdicts became evidence; still read from old logs.
 REPLAY_ENTRY = "qward/replay/v1"
+REPLAY_VERDICT_ENTRY = "qward/replay-verdict/v1"
 ACCESS_ENTRY = "qward/access/v1"
 ATTESTATION_ENTRY = "qward/attestation/v1"
 
@@ -77,6 +81,40 @@ def replay_entry(
             "request_id": request_id,
             "verdict": verdict,
             "output_sha256": output_sha256,
+            "at": at,
+        }
+    )
+
+
+def replay_verdict_entry(
+    *,
+    receipt: dict[str, Any],
+    original: dict[str, Any],
+    replay: dict[str, Any],
+    verdict: str,
+    same_environment: bool,
+    max_abs: float,
+    max_rel: float,
+    detail: str,
+    request_id: str,
+    at: str,
+) -> bytes:
+    """A replay's verdict as evidence: which receipt (by issuing log, index and body digest),
+    where it ran first and where it was replayed, and how the outputs compared."""
+    return canonical_json(
+        {
+            "type": REPLAY_VERDICT_ENTRY,
+            "receipt": receipt,
+            "original": original,
+            "replay": replay,
+            "verdict": verdict,
+            "same_environment": same_environment,
+            "independent": replay["log_origin"] != receipt["log_origin"],
+            # Canonical JSON carries no floats: errors are written as decimal strings.
+            "max_abs": format(max_abs, ".6e"),
+            "max_rel": format(max_rel, ".6e"),
+            "detail": detail,
+            "request_id": request_id,
             "at": at,
         }
     )

@@ -28,6 +28,7 @@ __all__ = [
     "WITHIN_TOLERANCE",
     "ReplayVerdict",
     "judge",
+    "same_environment",
 ]
 
 MAX_ABS = 1e-4
@@ -50,6 +51,11 @@ class ReplayVerdict:
 
 def _environment(runtime: dict[str, Any]) -> tuple[object, object]:
     return runtime.get("platform_class"), runtime.get("libraries", {}).get("environment_sha256")
+
+
+def same_environment(original: dict[str, Any], replay: dict[str, Any]) -> bool:
+    """Whether two runtime records name the same platform class and installed environment."""
+    return _environment(original) == _environment(replay)
 
 
 def _compare(
@@ -94,7 +100,7 @@ def judge(
     For a circuit receipt, ``replay_runtime["circuit"]`` is the replay's compiled-circuit record;
     any difference from the receipt's is a mismatch whatever the outputs are.
     """
-    same = _environment(body["runtime"]) == _environment(replay_runtime)
+    same = same_environment(body["runtime"], replay_runtime)
     if "circuit" in body["runtime"]:
         differences = circuit_differences(body["runtime"]["circuit"], replay_runtime.get("circuit"))
         if differences:

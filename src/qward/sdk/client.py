@@ -29,6 +29,7 @@ from qward.receipts.generation import (
     check_completion,
     token_ids_sha256,
 )
+from qward.receipts.replay_evidence import verify_replay_verdict
 from qward.receipts.replay_verdict import BITWISE, WITHIN_TOLERANCE
 from qward.receipts.trust import TrustBundle
 from qward.receipts.verify import VerifiedReceipt, Verifier
@@ -193,16 +194,29 @@ class Client:
             raise VerificationError("receipt records a different seed than requested")
         return VerifiedGeneration(record=record, receipt=result.receipt, verified=verified)
 
+    def _issuer_verifier(self, issuer_trust: TrustBundle | None) -> Verifier:
+        return self._verifier if issuer_trust is None else Verifier(trust=issuer_trust)
+
+    def _check_verdict(
+        self, document: bytes, receipt: bytes, issuer_trust: TrustBundle | None
+    ) -> None:
+        """The core's logged verdict must be in its pinned log and name this receipt."""
+        verify_replay_verdict(
+            document, trust=self.trust, receipt=receipt, receipt_trust=issuer_trust
+        )
+
     def replay_generation(
         self,
         receipt: bytes,
         request: dict[str, Any],
         *,
         original_token_ids: Sequence[int] | None = None,
+        issuer_trust: TrustBundle | None = None,
     ) -> GenerationReplay:
         """Regenerate a receipted generation; only identical token ids and text pass, and a
-        ``ReplayMismatchError`` says where the replay diverged."""
-        body = self._verifier.verify(receipt).body
+        ``ReplayMismatchError`` says where the replay diverged. A receipt from another log
+        (an independent replay here) is checked against that log's ``issuer_trust``."""
+        body = self._issuer_verifier(issuer_trust).verify(receipt).body
         if original_token_ids is not None and token_ids_sha256(original_token_ids) != body.get(
             "runtime", {}
         ).get("generation", {}).get("token_ids_sha256"):
@@ -211,9 +225,14 @@ class Client:
             receipt,
             seal_generation_request(request, trust=self.trust),
             list(original_token_ids) if original_token_ids is not None else None,
+            issuer_trust.to_bytes() if issuer_trust is not None else None,
         )
+        self._check_verdict(result.verdict_document, receipt, issuer_trust)
         if result.verdict != BITWISE or result.output_sha256 != result.expected_sha256:
-            raise ReplayMismatchError(f"replay verdict {result.verdict}: {result.detail}")
+            raise ReplayMismatchError(
+                f"replay verdict {result.verdict}: {result.detail}",
+                verdict_document=result.verdict_document,
+            )
         return result
 
     def replay(
@@ -223,18 +242,23 @@ class Client:
         *,
         original_outputs: Sequence[Tensor] | None = None,
         input_salt: bytes | None = None,
+        issuer_trust: TrustBundle | None = None,
     ) -> ReplayResult:
         """Replay a receipt. On the same platform and environment only bit-identical outputs
         pass; elsewhere, given the original outputs, the declared tolerance applies. Anything
-        else raises ``ReplayMismatchError``."""
-        verified = self._verifier.verify(receipt)
+        else raises ``ReplayMismatchError``. Either way the verdict is logged, and its document
+        (``result.verdict_document``) is checked here against this core's pinned trust. A receipt
+        from another log (an independent replay) is checked against ``issuer_trust``."""
+        verified = self._issuer_verifier(issuer_trust).verify(receipt)
         check_input(verified.body["input"], inputs, input_salt)
         salt = input_salt if "hmac_sha256" in verified.body["input"] else None
         result = self._core.replay(
             receipt,
             seal_input(inputs, trust=self.trust, salt=salt),
             tuple(original_outputs) if original_outputs is not None else None,
+            issuer_trust.to_bytes() if issuer_trust is not None else None,
         )
+        self._check_verdict(result.verdict_document, receipt, issuer_trust)
         expected = verified.body["output"]["sha256"]
         if result.verdict == BITWISE and tensors_digest(result.outputs) == expected:
             return result
@@ -242,5 +266,6 @@ class Client:
             return result
         raise ReplayMismatchError(
             f"replay verdict {result.verdict}: {result.detail} "
-            f"(replay {result.output_sha256}, receipt {result.expected_sha256})"
+            f"(replay {result.output_sha256}, receipt {result.expected_sha256})",
+            verdict_document=result.verdict_document,
         )

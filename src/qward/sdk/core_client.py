@@ -274,10 +274,12 @@ class CoreClient:
         receipt: bytes,
         sealed_input: bytes,
         original_outputs: tuple[Tensor, ...] | None = None,
+        issuer_trust: bytes | None = None,
     ) -> ReplayResult:
         """Re-run the receipt's model on the same input and seed. On another platform or
-        environment, ``original_outputs`` allow a tolerance verdict instead of a bitwise one."""
-        header: dict[str, Any] = {"op": "replay", "receipt": receipt.decode("utf-8")}
+        environment, ``original_outputs`` allow a tolerance verdict instead of a bitwise one.
+        A receipt from another log comes with that log's trust bundle, ``issuer_trust``."""
+        header = _replay_header("replay", receipt, issuer_trust)
         if original_outputs is not None:
             header["original_outputs"] = b64encode(encode_tensors(original_outputs))
         reply, body = self.call(header, sealed_input)
@@ -288,6 +290,8 @@ class CoreClient:
             outputs=decode_tensors(body),
             same_environment=reply["same_environment"],
             detail=reply["detail"],
+            log_index=reply["log_index"],
+            verdict_document=reply["verdict_document"].encode("utf-8"),
         )
 
     def replay_generation(
@@ -295,9 +299,10 @@ class CoreClient:
         receipt: bytes,
         sealed_request: bytes,
         original_token_ids: list[int] | None = None,
+        issuer_trust: bytes | None = None,
     ) -> GenerationReplay:
         """Regenerate a receipted generation from its sealed request and compare token ids."""
-        header: dict[str, Any] = {"op": "replay_generation", "receipt": receipt.decode("utf-8")}
+        header = _replay_header("replay_generation", receipt, issuer_trust)
         if original_token_ids is not None:
             header["original_token_ids"] = list(original_token_ids)
         reply, body = self.call(header, sealed_request)
@@ -308,6 +313,7 @@ class CoreClient:
             expected_sha256=reply["expected_sha256"],
             record=parse_canonical_json(body, what="generation record"),
             log_index=reply["log_index"],
+            verdict_document=reply["verdict_document"].encode("utf-8"),
         )
 
     def models(self) -> list[dict[str, Any]]:
@@ -489,3 +495,10 @@ class AsyncCoreClient:
         idle, self._idle = self._idle, []
         for _, writer in idle:
             writer.close()
+
+
+def _replay_header(op: str, receipt: bytes, issuer_trust: bytes | None) -> dict[str, Any]:
+    header: dict[str, Any] = {"op": op, "receipt": receipt.decode("utf-8")}
+    if issuer_trust is not None:
+        header["issuer_trust"] = issuer_trust.decode("utf-8")
+    return header

@@ -20,7 +20,12 @@ from typing import Any
 from qward.crypto.signatures import ReceiptSignature, verify_signature
 from qward.encoding import b64decode, b64encode, canonical_json, parse_canonical_json
 from qward.errors import FormatError, InputError, VerificationError
-from qward.receipts.entries import ADMIN_ENTRY, CHECKPOINT_RECEIPT_ENTRY, RECEIPT_ENTRY
+from qward.receipts.entries import (
+    ADMIN_ENTRY,
+    CHECKPOINT_RECEIPT_ENTRY,
+    RECEIPT_ENTRY,
+    REPLAY_VERDICT_ENTRY,
+)
 from qward.receipts.receipt import (
     CHECKPOINT_RECEIPT_FORMAT,
     RECEIPT_FORMAT,
@@ -28,6 +33,7 @@ from qward.receipts.receipt import (
     ReceiptBundle,
     check_body,
 )
+from qward.receipts.replay_evidence import check_verdict_entry
 from qward.receipts.trust import TrustBundle
 from qward.tlog.backend import LogBackend, note_checkpoint
 from qward.tlog.checkpoint import Checkpoint
@@ -371,6 +377,8 @@ class EvidenceReport:
     checkpoint: Checkpoint
     entries: int
     receipts: int
+    #: Replay verdicts (``qward/replay-verdict/v1``) among the entries.
+    replays: int = 0
     #: The pinned witnesses whose cosignatures on the checkpoint verified (none if not pinned).
     cosigned_by: tuple[str, ...] = ()
     #: How many of them the pinned trust requires (0: ``UnsafeNoWitnesses``).
@@ -426,12 +434,13 @@ def verify_evidence(data: bytes, *, trust: TrustBundle) -> EvidenceReport:
     if checkpoint.origin != trust.origin:
         raise VerificationError(f"checkpoint is from {checkpoint.origin!r}, not the pinned log")
     cosigned_by = _check_quorum(note, trust.witness_policy)
-    receipts = sum(_verify_item(item, checkpoint, trust) for item in doc["items"])
+    kinds = [_verify_item(item, checkpoint, trust) for item in doc["items"]]
     pinned = trust.witness_policy
     return EvidenceReport(
         checkpoint=checkpoint,
         entries=len(doc["items"]),
-        receipts=receipts,
+        receipts=kinds.count("receipt"),
+        replays=kinds.count("replay"),
         cosigned_by=cosigned_by,
         quorum=pinned.threshold if isinstance(pinned, Quorum) else 0,
         unpinned_witnesses=isinstance(carried.witness_policy, Quorum)
@@ -439,8 +448,9 @@ def verify_evidence(data: bytes, *, trust: TrustBundle) -> EvidenceReport:
     )
 
 
-def _verify_item(item: object, checkpoint: Checkpoint, trust: TrustBundle) -> bool:
-    """Check one evidence item's inclusion (and signature, for a receipt); True for a receipt."""
+def _verify_item(item: object, checkpoint: Checkpoint, trust: TrustBundle) -> str:
+    """Check one evidence item's inclusion, and its contents when it is a receipt (signature)
+    or a replay verdict (shape); returns its kind: receipt, replay or entry."""
     if not isinstance(item, dict):
         raise FormatError("evidence item must be an object")
     index, entry = item.get("index"), b64decode(item.get("entry"), what="evidence entry")
@@ -458,8 +468,11 @@ def _verify_item(item: object, checkpoint: Checkpoint, trust: TrustBundle) -> bo
     )
     parsed = parse_canonical_json(entry, what=f"log entry {index}")
     kind = parsed.get("type")
+    if kind == REPLAY_VERDICT_ENTRY:
+        check_verdict_entry(parsed)
+        return "replay"
     if kind not in _RECEIPT_ENTRIES:
-        return False
+        return "entry"
     body = parsed.get("body")
     if not isinstance(body, dict):
         raise FormatError(f"log entry {index}: receipt body must be an object")
@@ -468,7 +481,7 @@ def _verify_item(item: object, checkpoint: Checkpoint, trust: TrustBundle) -> bo
         # Proved above under the checkpoint, whose signatures the caller checked.
         if body["format"] != CHECKPOINT_RECEIPT_FORMAT or set(parsed) != {"type", "body"}:
             raise FormatError(f"log entry {index}: a v2 receipt entry holds a v2 body only")
-        return True
+        return "receipt"
     if body["format"] != RECEIPT_FORMAT:
         raise FormatError(f"log entry {index}: a v1 receipt entry holds a v1 body only")
     signature = ReceiptSignature.from_json(parsed.get("signature"))
@@ -478,4 +491,4 @@ def _verify_item(item: object, checkpoint: Checkpoint, trust: TrustBundle) -> bo
         trust.receipt_key(signature.key_id),
         context=SIGNING_CONTEXT,
     )
-    return True
+    return "receipt"
