@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
+from qward.crypto.erasable import is_sealed_field, sealed_key_id
 from qward.crypto.signatures import ReceiptSignature, verify_signature
 from qward.encoding import b64decode, b64encode, canonical_json, parse_canonical_json
 from qward.errors import FormatError, InputError, VerificationError
@@ -79,6 +80,9 @@ class RunRecord:
     input_sha256: str
     output_sha256: str
     receipt_id: str
+    #: The caller's token id as sealed in the log, when callers are declared personal (then
+    #: ``caller`` shows only ``sealed:<subject key id>``).
+    sealed_caller: dict[str, Any] | None = None
 
 
 def _runs(store: LogBackend) -> Iterator[tuple[int, bytes, dict[str, Any]]]:
@@ -101,10 +105,13 @@ def query_runs(
     records = []
     for index, _, doc in _runs(store):
         body = doc["body"]
+        logged = body["parameters"].get("qward_caller")
+        sealed = logged if isinstance(logged, dict) and is_sealed_field(logged) else None
         record = RunRecord(
             index=index,
             issued_at=body["issued_at"],
-            caller=body["parameters"].get("qward_caller"),
+            caller=f"sealed:{sealed_key_id(sealed)[:12]}" if sealed else logged,
+            sealed_caller=sealed,
             model_name=body["model"]["name"],
             model_sha256=body["model"]["sha256"],
             # A salted run names its input only by commitment; shown with its kind.

@@ -14,7 +14,18 @@ import sys
 import typer
 from typer._click.exceptions import NoArgsIsHelpError, UsageError
 
-from qward.cli import attest, attested, audit, chat, doctor, keys, replays, serving, witness
+from qward.cli import (
+    attest,
+    attested,
+    audit,
+    chat,
+    doctor,
+    erasure,
+    keys,
+    replays,
+    serving,
+    witness,
+)
 from qward.cli._app import app, fail
 from qward.errors import (
     AuditError,
@@ -30,7 +41,7 @@ from qward.errors import (
 __all__ = ["EXIT_CODES", "app", "exit_code", "main"]
 
 # The command modules register themselves on ``app`` when imported.
-_COMMANDS = (attest, attested, audit, chat, doctor, keys, replays, serving, witness)
+_COMMANDS = (attest, attested, audit, chat, doctor, erasure, keys, replays, serving, witness)
 
 #: Error family -> exit code, most specific first (README, "Exit codes").
 EXIT_CODES: list[tuple[type[QwardError], int]] = [

@@ -17,6 +17,7 @@ from rich.table import Table
 from qward.audit import (
     CLOCK_TOLERANCE_SECONDS,
     GapReport,
+    RunRecord,
     export_evidence,
     find_gaps,
     query_runs,
@@ -36,9 +37,11 @@ from qward.cli._app import (
     write_file,
 )
 from qward.cli.timespec import parse_since
+from qward.crypto.erasable import parameter_context
 from qward.encoding import read_limited
 from qward.errors import InputError, VerificationError
 from qward.receipts.trust import TrustBundle
+from qward.sdk.core_process import core_session
 from qward.tlog.backend import LogBackend
 from qward.tlog.location import log_location, open_log_store
 from qward.tlog.witness_policy import Quorum
@@ -157,6 +160,13 @@ def _audit_query(
     wide: Annotated[
         bool, typer.Option("--wide", help="Full digests in the table (no shortening).")
     ] = False,
+    reveal: Annotated[
+        bool,
+        typer.Option(
+            "--reveal",
+            help="Ask the core to open sealed callers (admin); erased ones show [erased].",
+        ),
+    ] = False,
     state_dir: StateDir = DEFAULT_STATE,
     log_database: LogDatabase = None,
 ) -> None:
@@ -172,6 +182,8 @@ def _audit_query(
         gaps = find_gaps(store)
     finally:
         store.close()
+    if reveal:
+        records = _revealed(records, state_dir)
     if as_json:
         sys.stdout.write(
             json.dumps(
@@ -206,6 +218,22 @@ def _audit_query(
             f"[yellow]warning[/yellow]: the log shows {len(gaps.unclean_stops)} unclean core "
             f"stops and {len(gaps.clock_rollbacks)} clock rollbacks; see `qward audit gaps`"
         )
+
+
+def _revealed(records: list[RunRecord], state_dir: Path) -> list[RunRecord]:
+    """Records whose sealed callers the core opened (plaintext, or "[erased]")."""
+    sealed = [r for r in records if r.sealed_caller is not None]
+    if not sealed:
+        return records
+    with core_session(state_dir) as core:
+        values = core.reveal_fields(
+            [
+                {"value": r.sealed_caller, "context": parameter_context("qward_caller")}
+                for r in sealed
+            ]
+        )
+    opened = {r.index: str(v) for r, v in zip(sealed, values, strict=True)}
+    return [dataclasses.replace(r, caller=opened.get(r.index, r.caller)) for r in records]
 
 
 @audit_app.command("gaps")

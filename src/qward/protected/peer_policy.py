@@ -37,6 +37,8 @@ OPERATION_CLASSES: dict[str, str] = {
     "keys_retire": "admin",
     "keys_rewrap": "admin",
     "keys_rewrap_model": "admin",
+    "erase_subject": "admin",
+    "reveal_fields": "admin",
 }
 
 

@@ -49,8 +49,10 @@ from qward.protected.keystore import (
 )
 from qward.protected.models import ModelRegistry
 from qward.protected.peer_policy import PeerPolicy, PermissionDeniedError
+from qward.protected.personal import PersonalData, PersonalDataPolicy
 from qward.protected.pkcs11_kek import PIN_ENV
 from qward.protected.service import CoreService
+from qward.protected.subjects import SubjectKeys
 from qward.protected.tracing import setup_tracing
 from qward.receipts.receipt import RECEIPT_SIGNATURES_ENV, ReceiptSigning
 from qward.runtime.supervisor import DEFAULT_MAX_OUTPUT_BYTES, WorkerPolicy
@@ -115,6 +117,7 @@ def build_service(
         auditor=auditor,
         registry=ModelRegistry(state_dir / "models", policy=worker_policy or WorkerPolicy()),
         receipt_signing=receipt_signing,
+        personal=_personal_data(state_dir),
     )
     service.attestation = CoreAttestation(
         attester=attester or SoftwareOnlyAttester(),
@@ -387,3 +390,9 @@ def main(argv: list[str] | None = None) -> int:
         sock_path.unlink(missing_ok=True)
         service.close()
     return 0
+
+
+def _personal_data(state_dir: Path) -> PersonalData | None:
+    """Erasable payloads, when the deployment declared personal fields (personal-data.json)."""
+    declared = PersonalDataPolicy.load(state_dir)
+    return None if declared is None else PersonalData(declared, SubjectKeys(state_dir))

@@ -24,6 +24,7 @@ from qward.encoding import b64decode, b64encode, canonical_json, parse_canonical
 from qward.errors import AuditError, InputError, QwardError
 from qward.protected.attestation import CoreAttestation, SoftwareOnlyAttester
 from qward.protected.auditor import Auditor
+from qward.protected.erasure import erase_subject, reveal_fields
 from qward.protected.generation import (
     GENERATION_REQUEST_CONTENT_TYPE,
     MAX_GENERATION_REQUEST_BYTES,
@@ -39,6 +40,7 @@ from qward.protected.models import (
     ModelRegistry,
 )
 from qward.protected.opening import open_sealed
+from qward.protected.personal import PersonalData
 from qward.protected.replays import replay_verdict_record, verified_receipt
 from qward.protected.tracing import tracer
 from qward.receipts.commitment import (
@@ -110,8 +112,10 @@ class CoreService:
         sources: _Sources | None = None,
         attestation: CoreAttestation | None = None,
         receipt_signing: ReceiptSigning = ReceiptSigning.CHECKPOINT,
+        personal: PersonalData | None = None,
     ) -> None:
         self._keys = keys
+        self._personal = personal
         self._receipt_signing = receipt_signing
         self._auditor = auditor
         self._models = registry
@@ -394,7 +398,7 @@ class CoreService:
         access = self._folded_access(header)
         try:
             entry = self._entry(header)
-            parameters = _parameters(header.get("parameters", {}))
+            parameters = self._logged_parameters(_parameters(header.get("parameters", {})))
             seed = _seed(header.get("seed"))
             request_id = self._src.token()
             worker, inputs, outputs, record = self._execute(
@@ -679,13 +683,25 @@ class CoreService:
         ):
             raise InputError("access record fields must be strings")
         return access_entry(
-            token_id=token_id,
+            token_id=self._personal.seal_caller(token_id) if self._personal else token_id,
             role=role,
             method=str(method),
             path=str(path),
             decision=str(decision),
             at=self._now(),
         )
+
+    def _logged_parameters(self, parameters: dict[str, Any]) -> dict[str, Any]:
+        """Parameters as the receipt records them: personal values sealed (when declared)."""
+        return self._personal.seal_parameters(parameters) if self._personal else parameters
+
+    def op_erase_subject(self, header: dict[str, Any], payload: bytes) -> Reply:
+        """Crypto-shred a data subject: the erasure is logged first, then the key is deleted."""
+        return erase_subject(self._personal, header, log=self.record_published, now=self._now())
+
+    def op_reveal_fields(self, header: dict[str, Any], payload: bytes) -> Reply:
+        """Open sealed log fields for an administrator: plaintext, or "[erased]"."""
+        return reveal_fields(self._personal, header)
 
     def _folded_access(self, header: dict[str, Any]) -> list[bytes]:
         """The public server's access record for this run, when it sent it with the run (one
@@ -832,6 +848,8 @@ _OPS: dict[str, Callable[[CoreService, dict[str, Any], bytes], Reply]] = {
     "generate": CoreService.op_generate,
     "replay_generation": CoreService.op_replay_generation,
     "replay": CoreService.op_replay,
+    "erase_subject": CoreService.op_erase_subject,
+    "reveal_fields": CoreService.op_reveal_fields,
     "checkpoint": CoreService.op_checkpoint,
     "models": CoreService.op_models,
     "unload_model": CoreService.op_unload_model,

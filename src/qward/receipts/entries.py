@@ -12,6 +12,7 @@ __all__ = [
     "ADMIN_ENTRY",
     "ATTESTATION_ENTRY",
     "CHECKPOINT_RECEIPT_ENTRY",
+    "ERASURE_ENTRY",
     "KEY_USE_ENTRY",
     "RECEIPT_ENTRY",
     "REPLAY_ENTRY",
@@ -19,6 +20,7 @@ __all__ = [
     "access_entry",
     "admin_entry",
     "attestation_entry",
+    "erasure_entry",
     "key_use_entry",
     "receipt_entry",
     "replay_entry",
@@ -35,6 +37,7 @@ REPLAY_ENTRY = "qward/replay/v1"
 REPLAY_VERDICT_ENTRY = "qward/replay-verdict/v1"
 ACCESS_ENTRY = "qward/access/v1"
 ATTESTATION_ENTRY = "qward/attestation/v1"
+ERASURE_ENTRY = "qward/erasure/v1"
 
 
 def receipt_entry(body: dict[str, Any], signature: ReceiptSignature | None) -> bytes:
@@ -121,9 +124,16 @@ def replay_verdict_entry(
 
 
 def access_entry(
-    *, token_id: str | None, role: str | None, method: str, path: str, decision: str, at: str
+    *,
+    token_id: str | dict[str, Any] | None,
+    role: str | None,
+    method: str,
+    path: str,
+    decision: str,
+    at: str,
 ) -> bytes:
-    """A call to the public API and the access decision, logged before the call runs."""
+    """A call to the public API and the access decision, logged before the call runs. The token
+    id may be a sealed field (``qward.crypto.erasable``) when callers are declared personal."""
     return canonical_json(
         {
             "type": ACCESS_ENTRY,
@@ -151,3 +161,9 @@ def attestation_entry(
             "at": at,
         }
     )
+
+
+def erasure_entry(*, subject_key_id: str, at: str) -> bytes:
+    """A data subject's key was deleted: fields sealed under ``subject_key_id`` are unreadable
+    from now on (the subject is named only by that pseudonymous key id)."""
+    return canonical_json({"type": ERASURE_ENTRY, "subject_key_id": subject_key_id, "at": at})

@@ -316,6 +316,17 @@ class CoreClient:
             verdict_document=reply["verdict_document"].encode("utf-8"),
         )
 
+    def erase_subject(self, subject: str) -> tuple[str, int]:
+        """Crypto-shred a data subject (admin): its key id and the erasure entry's log index."""
+        reply, _ = self.call({"op": "erase_subject", "subject": subject})
+        return str(reply["subject_key_id"]), int(reply["log_index"])
+
+    def reveal_fields(self, fields: list[dict[str, Any]]) -> list[Any]:
+        """Open sealed log fields (admin): each ``{"value", "context"}`` -> plaintext or
+        "[erased]"."""
+        reply, _ = self.call({"op": "reveal_fields", "fields": fields})
+        return list(reply["values"])
+
     def models(self) -> list[dict[str, Any]]:
         """Registered models: name, digest, readiness and tensor metadata."""
         reply, _ = self.call({"op": "models"})
