@@ -32,7 +32,8 @@ from qward.sdk.core_client import AsyncCoreClient
 
 __all__ = ["AccessControl", "AccessPolicy", "Rule", "caller_may_use", "rule_for"]
 
-_OPEN = re.compile(r"^/(livez|readyz|v2/health/(live|ready)|v2)$")
+# The audit console's page and its script and style carry no data; its API is for auditors.
+_OPEN = re.compile(r"^/(livez|readyz|v2/health/(live|ready)|v2|audit|audit/static/[a-z.]+)$")
 _DOCS = re.compile(r"^/(docs|docs/oauth2-redirect|redoc|openapi\.json)$")
 # The C2SP tlog-tiles read paths: digests and ids only, no secrets, so monitors may read them.
 _PUBLIC_LOG = re.compile(r"^/log/(checkpoint|tile/.*)$")
@@ -88,7 +89,7 @@ def rule_for(method: str, path: str, policy: AccessPolicy | None = None) -> Rule
     if path in _OPENAI_GENERATION:
         # The model is named in the JSON body: the route checks it (``caller_may_use``).
         return Rule(roles=("client", "admin"))
-    if path.startswith(("/log/", "/v1/log/")):
+    if path.startswith(("/log/", "/v1/log/", "/audit/api/")):
         return Rule(roles=("auditor", "admin"))
     return Rule(roles=("admin",))
 

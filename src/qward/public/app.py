@@ -34,6 +34,7 @@ from qward.errors import (
 )
 from qward.public.access import AccessControl, AccessPolicy
 from qward.public.auth import TOKEN_FILE, TokenStore
+from qward.public.console import console_router
 from qward.public.folded_access import claim_access
 from qward.public.observability import Metrics, MetricsMiddleware, health_router
 from qward.public.openai_api import ModelForbiddenError, openai_router
@@ -169,6 +170,7 @@ def create_app(
     )
 
     app.include_router(openai_router(core, trust_source, runner=hot))
+    app.include_router(console_router(core, trust_source))
 
     @app.exception_handler(QwardError)
     async def _qward_error(request: Request, exc: QwardError) -> JSONResponse:

@@ -15,7 +15,7 @@ from qward.tlog.merkle import leaf_hash, verify_inclusion
 from qward.tlog.note import open_note_by_any_set
 from qward.tlog.witness_policy import WitnessPolicy
 
-__all__ = ["VerifiedReceipt", "Verifier"]
+__all__ = ["VerifiedReceipt", "Verifier", "check_attestation"]
 
 _OPENED_NOTES = 64
 
@@ -75,7 +75,7 @@ class Verifier:
             proof=bundle.inclusion_proof,
             root=checkpoint.root_hash,
         )
-        _check_attestation(bundle.body.get("attestation"), self._trust.attestation)
+        check_attestation(bundle.body.get("attestation"), self._trust.attestation)
         return VerifiedReceipt(bundle=bundle, checkpoint=checkpoint)
 
     def _checkpoint(self, bundle: ReceiptBundle) -> Checkpoint:
@@ -107,7 +107,7 @@ class Verifier:
             )
 
 
-def _check_attestation(record: object, appraised: dict[str, Any] | None) -> None:
+def check_attestation(record: object, appraised: dict[str, Any] | None) -> None:
     """Step 6: a receipt from an appraised core names the same measured platform."""
     if not appraised or appraised.get("status") != "affirming":
         return
