@@ -34,6 +34,7 @@ from qward.cli._app import (
     writable_path,
     write_file,
 )
+from qward.cli.anchors import ethereum_ledgers, print_anchors
 from qward.cli.timespec import parse_since
 from qward.encoding import read_limited
 from qward.errors import InputError, VerificationError
@@ -289,8 +290,13 @@ def _audit_export(
     finally:
         store.close()
     write_file(output, bundle, what="evidence bundle")
-    included = len(json.loads(bundle)["items"])
-    console.print(f"wrote {output}: {included} receipts with inclusion proofs")
+    written = json.loads(bundle)
+    anchored = len(written.get("anchors", []))
+    included = len(written["items"]) - anchored
+    console.print(
+        f"wrote {output}: {included} receipts with inclusion proofs"
+        + (f", {anchored} ledger anchors" if anchored else "")
+    )
     if included < len(runs):
         console.print(
             f"[yellow]warning[/yellow]: {len(runs) - included} newer receipts are not yet covered "
@@ -302,11 +308,22 @@ def _audit_export(
 def _audit_verify(
     bundle: Annotated[Path, typer.Argument(help="Evidence bundle.")],
     trust_file: Annotated[Path, typer.Option("--trust", help="Pinned trust bundle.")],
+    rpc_url: Annotated[
+        str | None,
+        typer.Option(
+            "--rpc-url", help="Also check Ethereum anchors on this JSON-RPC node (one you trust)."
+        ),
+    ] = None,
+    confirmations: Annotated[
+        int, typer.Option(help="Confirmations an anchor needs on chain (with --rpc-url).")
+    ] = 12,
 ) -> None:
-    """Verify an evidence bundle offline against a pinned trust bundle."""
+    """Verify an evidence bundle offline against a pinned trust bundle (and its anchors)."""
     trust = TrustBundle.from_bytes(read_limited(str(trust_file), limit=256 * 1024, what="trust"))
     report = verify_evidence(
-        read_limited(str(bundle), limit=256 * 1024 * 1024, what="bundle"), trust=trust
+        read_limited(str(bundle), limit=256 * 1024 * 1024, what="bundle"),
+        trust=trust,
+        ledgers=ethereum_ledgers(rpc_url, confirmations),
     )
     console.print(
         f"[green]OK[/green] {report.entries} entries ({report.receipts} receipts) "
@@ -327,3 +344,4 @@ def _audit_verify(
                 else ""
             )
         )
+    print_anchors(report.anchors, online=rpc_url is not None)

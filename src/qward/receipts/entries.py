@@ -10,6 +10,7 @@ from qward.encoding import canonical_json
 __all__ = [
     "ACCESS_ENTRY",
     "ADMIN_ENTRY",
+    "ANCHOR_ENTRY",
     "ATTESTATION_ENTRY",
     "CHECKPOINT_RECEIPT_ENTRY",
     "KEY_USE_ENTRY",
@@ -17,6 +18,7 @@ __all__ = [
     "REPLAY_ENTRY",
     "access_entry",
     "admin_entry",
+    "anchor_entry",
     "attestation_entry",
     "key_use_entry",
     "receipt_entry",
@@ -31,6 +33,8 @@ ADMIN_ENTRY = "qward/admin/v1"
 REPLAY_ENTRY = "qward/replay/v1"
 ACCESS_ENTRY = "qward/access/v1"
 ATTESTATION_ENTRY = "qward/attestation/v1"
+#: A signed checkpoint anchored in a ledger, with the anchored note and the ledger's proof.
+ANCHOR_ENTRY = "qward/anchor/v1"
 
 
 def receipt_entry(body: dict[str, Any], signature: ReceiptSignature | None) -> bytes:
@@ -110,6 +114,23 @@ def attestation_entry(
             "evidence": evidence,
             "nonce_sha256": nonce_sha256,
             "manifest_sha256": manifest_sha256,
+            "at": at,
+        }
+    )
+
+
+def anchor_entry(
+    *, origin: str, size: int, root_hash: str, note: str, proof: dict[str, Any], at: str
+) -> bytes:
+    """A checkpoint the core anchored: the signed note itself and the ledger's anchor proof."""
+    return canonical_json(
+        {
+            "type": ANCHOR_ENTRY,
+            "origin": origin,
+            "size": size,
+            "root_hash": root_hash,
+            "note": note,
+            "proof": proof,
             "at": at,
         }
     )
