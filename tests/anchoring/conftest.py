@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from qward.tlog import merkle
 from qward.tlog.checkpoint import Checkpoint
 from qward.tlog.note import Ed25519NoteSigner, NoteVerifier, open_note, sign_note
+
+from .anvil_node import AnvilNode, anvil_binary, free_port
 
 ORIGIN = "log.example/anchoring-test"
 SIGNER = Ed25519NoteSigner(
@@ -37,3 +41,12 @@ def note() -> bytes:
 @pytest.fixture(scope="session")
 def other_note() -> bytes:
     return signed_checkpoint(6)
+
+
+@pytest.fixture(scope="module")
+def node() -> Iterator[AnvilNode]:
+    """A real anvil node on a free port (skips without anvil). Interval mining: a block every
+    second, so confirmations accrue without anyone mining by hand."""
+    running = AnvilNode(anvil_binary(), free_port(), block_time=1)
+    yield running
+    running.stop()

@@ -12,15 +12,22 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
+from qward.anchoring.base import Anchor
 from qward.crypto.erasable import is_sealed_field, sealed_key_id
 from qward.crypto.signatures import ReceiptSignature, verify_signature
 from qward.encoding import b64decode, b64encode, canonical_json, parse_canonical_json
 from qward.errors import FormatError, InputError, VerificationError
+from qward.receipts.anchors import (
+    AnchorCheck,
+    anchor_section,
+    select_anchors,
+    verify_bundle_anchors,
+)
 from qward.receipts.entries import (
     ADMIN_ENTRY,
     CHECKPOINT_RECEIPT_ENTRY,
@@ -358,23 +365,25 @@ def export_evidence(store: LogBackend, trust: TrustBundle, indices: list[int]) -
     checkpoint does not cover yet are left out (the bundle's ``items`` say which are in)."""
     note = _evidence_checkpoint(store, trust.witness_policy)
     size = note_checkpoint(note).size
+    anchors = select_anchors(store, size, [i for i in indices if i < size])
     items = [
         {
             "index": i,
             "entry": b64encode(store.entry(i)),
             "inclusion_proof": [b64encode(h) for h in store.inclusion_proof(i, size)],
         }
-        for i in sorted(set(indices))
+        for i in sorted(set(indices) | set(anchors))
         if i < size
     ]
-    return canonical_json(
-        {
-            "format": EVIDENCE_FORMAT,
-            "checkpoint": note.decode("utf-8"),
-            "trust": json.loads(trust.to_bytes()),
-            "items": items,
-        }
-    )
+    doc = {
+        "format": EVIDENCE_FORMAT,
+        "checkpoint": note.decode("utf-8"),
+        "trust": json.loads(trust.to_bytes()),
+        "items": items,
+    }
+    if anchors:  # the anchor entries' consistency proofs (qward.receipts.anchors)
+        doc["anchors"] = anchor_section(store, size, anchors)
+    return canonical_json(doc)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -392,6 +401,8 @@ class EvidenceReport:
     quorum: int = 0
     #: Whether the bundle's operator declares witnesses that the pinned trust does not require.
     unpinned_witnesses: bool = False
+    #: The ledger anchors in the bundle that verified (checked on the ledger if one was given).
+    anchors: tuple[AnchorCheck, ...] = ()
 
 
 def _operator_keys(trust: TrustBundle) -> bytes:
@@ -419,7 +430,9 @@ def _check_quorum(note: bytes, policy: WitnessPolicy) -> tuple[str, ...]:
         ) from None
 
 
-def verify_evidence(data: bytes, *, trust: TrustBundle) -> EvidenceReport:
+def verify_evidence(
+    data: bytes, *, trust: TrustBundle, ledgers: Sequence[Anchor] = ()
+) -> EvidenceReport:
     """Verify a bundle offline against a pinned ``trust``; raises on the first problem.
 
     1. The bundle's operator keys must equal the pinned ones.
@@ -428,6 +441,8 @@ def verify_evidence(data: bytes, *, trust: TrustBundle) -> EvidenceReport:
        with the pinned witness keys; witness keys inside the bundle are never used.
     4. Each entry must be included in the checkpoint's tree at its index.
     5. Each receipt entry's hybrid signature must verify under a pinned receipt key.
+    6. Each anchor entry must bind its signed note, consistent with the checkpoint, and, with
+       ``ledgers``, be confirmed by the ledger (``qward.receipts.anchors``).
     """
     if len(data) > _MAX_EVIDENCE:
         raise FormatError("evidence bundle is over the size limit")
@@ -442,6 +457,7 @@ def verify_evidence(data: bytes, *, trust: TrustBundle) -> EvidenceReport:
         raise VerificationError(f"checkpoint is from {checkpoint.origin!r}, not the pinned log")
     cosigned_by = _check_quorum(note, trust.witness_policy)
     kinds = [_verify_item(item, checkpoint, trust) for item in doc["items"]]
+    anchors = verify_bundle_anchors(doc, checkpoint, trust, ledgers)
     pinned = trust.witness_policy
     return EvidenceReport(
         checkpoint=checkpoint,
@@ -452,6 +468,7 @@ def verify_evidence(data: bytes, *, trust: TrustBundle) -> EvidenceReport:
         quorum=pinned.threshold if isinstance(pinned, Quorum) else 0,
         unpinned_witnesses=isinstance(carried.witness_policy, Quorum)
         and not isinstance(pinned, Quorum),
+        anchors=anchors,
     )
 
 

@@ -36,6 +36,7 @@ from qward.cli._app import (
     writable_path,
     write_file,
 )
+from qward.cli.anchors import ethereum_ledgers, print_anchors
 from qward.cli.timespec import parse_since
 from qward.crypto.erasable import parameter_context
 from qward.encoding import read_limited
@@ -320,11 +321,14 @@ def _audit_export(
     finally:
         store.close()
     write_file(output, bundle, what="evidence bundle")
-    included = {item["index"] for item in json.loads(bundle)["items"]}
+    written = json.loads(bundle)
+    included = {item["index"] for item in written["items"]}
     receipts = sum(r.index in included for r in runs)
     verdicts = sum(i in included for i in replays)
+    anchored = len(written.get("anchors", []))
     console.print(
         f"wrote {output}: {receipts} receipts and {verdicts} replay verdicts with inclusion proofs"
+        + (f", {anchored} ledger anchors" if anchored else "")
     )
     if receipts < len(runs):
         console.print(
@@ -337,11 +341,22 @@ def _audit_export(
 def _audit_verify(
     bundle: Annotated[Path, typer.Argument(help="Evidence bundle.")],
     trust_file: Annotated[Path, typer.Option("--trust", help="Pinned trust bundle.")],
+    rpc_url: Annotated[
+        str | None,
+        typer.Option(
+            "--rpc-url", help="Also check Ethereum anchors on this JSON-RPC node (one you trust)."
+        ),
+    ] = None,
+    confirmations: Annotated[
+        int, typer.Option(help="Confirmations an anchor needs on chain (with --rpc-url).")
+    ] = 12,
 ) -> None:
-    """Verify an evidence bundle offline against a pinned trust bundle."""
+    """Verify an evidence bundle offline against a pinned trust bundle (and its anchors)."""
     trust = TrustBundle.from_bytes(read_limited(str(trust_file), limit=256 * 1024, what="trust"))
     report = verify_evidence(
-        read_limited(str(bundle), limit=256 * 1024 * 1024, what="bundle"), trust=trust
+        read_limited(str(bundle), limit=256 * 1024 * 1024, what="bundle"),
+        trust=trust,
+        ledgers=ethereum_ledgers(rpc_url, confirmations),
     )
     console.print(
         f"[green]OK[/green] {report.entries} entries ({report.receipts} receipts, "
@@ -363,3 +378,4 @@ def _audit_verify(
                 else ""
             )
         )
+    print_anchors(report.anchors, online=rpc_url is not None)

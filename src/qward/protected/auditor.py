@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from typing import TypeVar
 
@@ -54,6 +54,7 @@ class Auditor:
         self._signers = tuple(signers)
         self._latest_lock = threading.Lock()
         self._latest: tuple[bytes, Checkpoint] | None = None
+        self._listeners: list[Callable[[bytes], None]] = []
         # The sequencer's own checkpoints are a backstop, so that entries no request commits
         # (access records, say) are covered within about a second.
         self._sequencer = Sequencer(
@@ -118,7 +119,16 @@ class Auditor:
         with self._latest_lock:
             if self._latest is None or self._latest[1].size <= checkpoint.size:
                 self._latest = (note, checkpoint)
+        for listener in tuple(self._listeners):
+            listener(note)
         return note
+
+    def add_listener(self, listener: Callable[[bytes], None]) -> None:
+        """Call ``listener(note)`` with every newly published (cosigned) checkpoint note.
+
+        It runs in the sequencer's thread, so it must only hand the note over, never block.
+        """
+        self._listeners.append(listener)
 
     def set_signers(self, signers: Sequence[NoteSigner]) -> None:
         """Sign every later checkpoint with ``signers`` (after a checkpoint key rotation)."""

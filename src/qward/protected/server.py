@@ -38,6 +38,7 @@ from qward.privileges import (
     parse_uid_gid,
     peer_uid,
 )
+from qward.protected.anchor_start import read_anchoring, start_anchoring
 from qward.protected.attestation import Attester, CoreAttestation, SoftwareOnlyAttester
 from qward.protected.attesters import select_attester
 from qward.protected.auditor import Auditor
@@ -90,6 +91,8 @@ def build_service(
     protection = os.environ.get(PROTECTION_ENV) or "file"
     if protection not in ("file", "pkcs11"):
         raise KeystoreError(f"{PROTECTION_ENV}={protection!r} is not 'file' or 'pkcs11'")
+    # A wrong anchors.json stops the start, naming the field, before anything is created.
+    anchoring = read_anchoring(state_dir)
     created = not (state_dir / "keystore.json").exists()
     if created:
         origin = f"qward.local/log/{os.urandom(4).hex()}"
@@ -127,6 +130,7 @@ def build_service(
     )
     if policy is not None:
         service.pin_witnesses(policy)
+    start_anchoring(anchoring, service, auditor)
     if created:
         service.log_admin(
             "keystore-created",

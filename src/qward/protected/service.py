@@ -125,6 +125,7 @@ class CoreService:
         self.attestation = attestation or CoreAttestation(
             attester=SoftwareOnlyAttester(), record=self.record_published, clock=self._src.clock
         )
+        self._closers: list[Callable[[], None]] = []
 
     def _now(self) -> str:
         return self._src.clock().strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -768,8 +769,14 @@ class CoreService:
         with tracer().start_as_current_span(f"qward.core.{header['op']}"):
             return handler(self, header, payload)
 
+    def on_close(self, stop: Callable[[], None]) -> None:
+        """Run ``stop`` first when the core closes (a background task such as the anchorer)."""
+        self._closers.append(stop)
+
     def close(self) -> None:
-        """Stop workers, record the stop, and drain the log's sequencer."""
+        """Stop background tasks and workers, record the stop, and drain the log's sequencer."""
+        for stop in self._closers:
+            stop()
         self._models.close()
         self.log_admin("core-stop", pid=os.getpid())
         self._auditor.close()

@@ -10,6 +10,7 @@ from qward.encoding import canonical_json
 __all__ = [
     "ACCESS_ENTRY",
     "ADMIN_ENTRY",
+    "ANCHOR_ENTRY",
     "ATTESTATION_ENTRY",
     "CHECKPOINT_RECEIPT_ENTRY",
     "ERASURE_ENTRY",
@@ -19,6 +20,7 @@ __all__ = [
     "REPLAY_VERDICT_ENTRY",
     "access_entry",
     "admin_entry",
+    "anchor_entry",
     "attestation_entry",
     "erasure_entry",
     "key_use_entry",
@@ -38,6 +40,8 @@ REPLAY_VERDICT_ENTRY = "qward/replay-verdict/v1"
 ACCESS_ENTRY = "qward/access/v1"
 ATTESTATION_ENTRY = "qward/attestation/v1"
 ERASURE_ENTRY = "qward/erasure/v1"
+#: A signed checkpoint anchored in a ledger, with the anchored note and the ledger's proof.
+ANCHOR_ENTRY = "qward/anchor/v1"
 
 
 def receipt_entry(body: dict[str, Any], signature: ReceiptSignature | None) -> bytes:
@@ -167,3 +171,20 @@ def erasure_entry(*, subject_key_id: str, at: str) -> bytes:
     """A data subject's key was deleted: fields sealed under ``subject_key_id`` are unreadable
     from now on (the subject is named only by that pseudonymous key id)."""
     return canonical_json({"type": ERASURE_ENTRY, "subject_key_id": subject_key_id, "at": at})
+
+
+def anchor_entry(
+    *, origin: str, size: int, root_hash: str, note: str, proof: dict[str, Any], at: str
+) -> bytes:
+    """A checkpoint the core anchored: the signed note itself and the ledger's anchor proof."""
+    return canonical_json(
+        {
+            "type": ANCHOR_ENTRY,
+            "origin": origin,
+            "size": size,
+            "root_hash": root_hash,
+            "note": note,
+            "proof": proof,
+            "at": at,
+        }
+    )
