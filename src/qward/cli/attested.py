@@ -32,6 +32,7 @@ from qward.cli._app import (
 )
 from qward.cli.chat import check_generation_file, generation_file, replay_generation_receipt
 from qward.cli.replays import keep_verdict
+from qward.cli.signed_seal import model_signature
 from qward.encoding import read_limited, recanonicalize_json
 from qward.errors import InputError, VerificationError
 from qward.receipts.commitment import SALT_BYTES, check_input
@@ -121,12 +122,38 @@ def _seal(
     ] = None,
     allow_software_only: SoftwareOnlyOption = False,
     state_dir: StateDir = DEFAULT_STATE,
+    require_signature: Annotated[
+        bool, typer.Option("--require-signature", help="Verify a model-signing signature first.")
+    ] = False,
+    signature: Annotated[
+        Path | None, typer.Option("--signature", help="OpenSSF model-signing signature file.")
+    ] = None,
+    identity: Annotated[
+        str | None, typer.Option("--identity", help="Expected signer (key:sha256:... or SAN).")
+    ] = None,
+    signer_key: Annotated[
+        Path | None, typer.Option("--signer-key", help="Pinned EC public key (PEM).")
+    ] = None,
+    signer_root: Annotated[
+        Path | None, typer.Option("--signer-root", help="Pinned root certificate (PEM).")
+    ] = None,
 ) -> None:
     """Seal a model to the core's public key (run by the model owner). A --trust bundle must
-    have been pinned by `qward trust fetch` (hardware attestation) unless --allow-software-only."""
+    have been pinned by `qward trust fetch` (hardware attestation) unless --allow-software-only.
+    With --require-signature the model's OpenSSF model-signing signature is verified first and
+    sealed with it, so the core verifies it again."""
     writable_path(output, what="sealed model")
     trust = sealing_trust(state_dir, trust_file, allow_software_only=allow_software_only)
-    sealed = seal_model(read_limited(str(model), limit=MAX_MODEL_FILE, what="model"), trust=trust)
+    sig, signer = model_signature(
+        model,
+        require=require_signature,
+        signature=signature,
+        identity=identity,
+        signer_key=signer_key,
+        signer_root=signer_root,
+    )
+    plaintext = read_limited(str(model), limit=MAX_MODEL_FILE, what="model")
+    sealed = seal_model(plaintext, trust=trust, signature=sig, signer=signer)
     write_file(output, sealed, what="sealed model")
     console.print(f"sealed {model} -> {output} ({len(sealed)} bytes)")
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import os
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives import hashes, hpke
@@ -59,6 +59,7 @@ MAGIC = b"QWSEAL\x00\x01"
 SEALED_FORMAT = "qward/sealed/v1"
 MAX_SEALED_BYTES = 2 * 1024 * 1024 * 1024
 _MAX_SECTION = 64 * 1024
+_HEADER_MEMBERS = frozenset({"format", "content_type", "nonce", "commitment", "length"})
 _NONCE_LEN = 12
 _TAG_LEN = 16
 _DEK_LEN = 32
@@ -170,17 +171,24 @@ def seal(
     content_type: str,
     random_bytes: Callable[[int], bytes] = os.urandom,
     policy: SuitePolicy | None = None,
+    extra_header: Mapping[str, object] | None = None,
 ) -> bytes:
     """Seal ``plaintext`` to ``recipient``; only the holder of its private key can open it.
 
     With a ``policy``, a recipient under a suite the policy does not accept is refused.
+    ``extra_header`` adds members to the authenticated (not encrypted) header, such as a model's
+    signature; readers that do not know a member ignore it.
     """
     if len(plaintext) > MAX_SEALED_BYTES - _MAX_SECTION * 2:
         raise InputError(f"cannot seal {len(plaintext)} bytes: over the {MAX_SEALED_BYTES} limit")
     dek, nonce = random_bytes(_DEK_LEN), random_bytes(_NONCE_LEN)
     payload_key, commitment = derive_payload_keys(dek)
+    extra = dict(extra_header or {})
+    if extra.keys() & _HEADER_MEMBERS:
+        raise InputError(f"extra header members may not replace {sorted(_HEADER_MEMBERS)}")
     header = canonical_json(
         {
+            **extra,
             "format": SEALED_FORMAT,
             "content_type": content_type,
             "nonce": b64encode(nonce),

@@ -6,6 +6,7 @@ from typing import Any
 
 from qward import __version__
 from qward.errors import InputError
+from qward.protected.model_provenance import signature_member
 from qward.protected.models import ModelEntry
 from qward.receipts.generation import (
     GENERATION_REQUEST_CONTENT_TYPE,
@@ -45,6 +46,7 @@ def generation_receipt_body(
             "sealed_sha256": entry.sealed_sha256,
             "name": entry.name,
         },
+        **signature_member(entry.signature),
         "input": {"sha256": request_sha256},
         "output": {"sha256": output_sha256(record["token_ids"], record["text"])},
         "parameters": record["parameters"],

@@ -58,6 +58,8 @@ class ModelEntry:
     name: str
     content_type: str = ONNX_CONTENT_TYPE
     chat_template: str | None = None
+    #: The verified model-signing record (method, identity, signature_sha256), if signed.
+    signature: dict[str, str] | None = None
     pool: list[WorkerProcess] = field(default_factory=list)
     idle: queue.SimpleQueue[WorkerProcess] = field(default_factory=queue.SimpleQueue)
     unloaded: bool = False
@@ -81,6 +83,7 @@ def _read_record(meta: Path) -> ModelEntry:
         # Records written before circuits existed have no content type: they are ONNX.
         content_type=str(doc.get("content_type", ONNX_CONTENT_TYPE)),
         chat_template=_chat_template(doc.get("chat_template")),
+        signature=_signature(doc.get("signature")),
     )
     if entry.content_type not in MODEL_CONTENT_TYPES:
         raise InputError(f"model record {meta.name}: unknown content type")
@@ -93,6 +96,17 @@ def _chat_template(value: object) -> str | None:
     if not isinstance(value, str) or len(value.encode("utf-8")) > MAX_CHAT_TEMPLATE_BYTES:
         raise InputError(f"a chat template is text of at most {MAX_CHAT_TEMPLATE_BYTES} bytes")
     return value
+
+
+def _signature(value: object) -> dict[str, str] | None:
+    if value is None:
+        return None
+    fields = {"method", "identity", "signature_sha256"}
+    if not isinstance(value, dict) or set(value) != fields:
+        raise InputError(f"a model's signature record has exactly {sorted(fields)}")
+    if not all(isinstance(v, str) for v in value.values()):
+        raise InputError("a model's signature record holds strings")
+    return dict(value)
 
 
 def _report(event: str, model_sha256: str, reason: str) -> None:
@@ -136,6 +150,7 @@ class ModelRegistry:
         name: str,
         content_type: str = ONNX_CONTENT_TYPE,
         chat_template: str | None = None,
+        signature: dict[str, str] | None = None,
     ) -> ModelEntry:
         """Store a sealed model (idempotent for the same plaintext digest); a GGUF model may
         come with the chat template it is to be prompted with."""
@@ -158,16 +173,14 @@ class ModelRegistry:
                     )
                 if existing.chat_template != chat_template:
                     raise InputError("this model is already registered with another chat template")
+                if signature is not None and existing.signature != signature:
+                    # The latest verified signature wins (an unsigned re-registration of the same
+                    # bytes keeps the old one, which still holds for them); the log has each.
+                    self._write_record(existing, signature=signature)
                 existing.unloaded = False
                 return existing
             sealed_sha = hashlib.sha256(sealed).hexdigest()
             (self._dir / f"{model_sha256}.sealed").write_bytes(sealed)
-            record = {"name": name, "sealed_sha256": sealed_sha}
-            if content_type != ONNX_CONTENT_TYPE:  # ONNX records keep their original bytes
-                record["content_type"] = content_type
-            if chat_template is not None:
-                record["chat_template"] = chat_template
-            (self._dir / f"{model_sha256}.json").write_bytes(canonical_json(record))
             entry = ModelEntry(
                 model_sha256=model_sha256,
                 sealed_sha256=sealed_sha,
@@ -175,8 +188,25 @@ class ModelRegistry:
                 content_type=content_type,
                 chat_template=chat_template,
             )
+            self._write_record(entry, signature=signature)
             self._models[model_sha256] = entry
             return entry
+
+    @property
+    def directory(self) -> Path:
+        """Where the sealed models and their records are kept (``<state>/models``)."""
+        return self._dir
+
+    def _write_record(self, entry: ModelEntry, *, signature: dict[str, str] | None) -> None:
+        record: dict[str, object] = {"name": entry.name, "sealed_sha256": entry.sealed_sha256}
+        if entry.content_type != ONNX_CONTENT_TYPE:  # ONNX records keep their original bytes
+            record["content_type"] = entry.content_type
+        if entry.chat_template is not None:
+            record["chat_template"] = entry.chat_template
+        if signature is not None:
+            record["signature"] = signature
+        (self._dir / f"{entry.model_sha256}.json").write_bytes(canonical_json(record))
+        entry.signature = signature
 
     def remove(self, entry: ModelEntry) -> None:
         """Forget a model: stop its workers and delete its record and sealed file."""

@@ -33,6 +33,7 @@ from qward.protected.generation import (
 )
 from qward.protected.key_admin import KEY_ADMIN_OPS, build_trust, check_unwrap
 from qward.protected.keystore import CoreKeys
+from qward.protected.model_provenance import registration_signature, signature_member
 from qward.protected.models import (
     MAX_MODEL_BYTES,
     MODEL_CONTENT_TYPES,
@@ -307,7 +308,8 @@ class CoreService:
             raise InputError("model name must be 1 to 200 characters")
         request_id = self._src.token()
         # An ONNX graph or a circuit spec; the authenticated header says which.
-        content_type = parse_sealed(payload, limit=MAX_MODEL_BYTES + 65536).content_type
+        artifact = parse_sealed(payload, limit=MAX_MODEL_BYTES + 65536)
+        content_type = artifact.content_type
         if content_type not in MODEL_CONTENT_TYPES:
             raise InputError(f"sealed artifact holds {content_type!r}, which is not a model type")
         plaintext = self._open(
@@ -322,6 +324,7 @@ class CoreService:
         # and an ONNX model must hold all its data inline (issue 10.1), before anything is kept.
         if check_model_bytes(plaintext) != content_type:
             raise InputError(f"the sealed model's bytes are not of its declared {content_type!r}")
+        signature = self._model_signature(name, digest, plaintext, artifact.header)
         del plaintext
         known = digest in self._models
         entry = self._models.add(
@@ -330,6 +333,7 @@ class CoreService:
             name=name,
             content_type=content_type,
             chat_template=_optional_text(header.get("chat_template"), "chat_template"),
+            signature=signature,
         )
         try:
             worker = self._models.ensure_workers(entry, self._opener(request_id, content_type))
@@ -342,7 +346,11 @@ class CoreService:
             )
             raise
         self.log_admin(
-            "model-registered", model_sha256=digest, name=name, sealed_sha256=entry.sealed_sha256
+            "model-registered",
+            model_sha256=digest,
+            name=name,
+            sealed_sha256=entry.sealed_sha256,
+            **signature_member(signature),
         )
         info = worker.info
         return {
@@ -353,6 +361,18 @@ class CoreService:
             "outputs": info["outputs"],
             "isolation": info["isolation"],
         }, b""
+
+    def _model_signature(
+        self, name: str, digest: str, plaintext: bytes, header: bytes
+    ) -> dict[str, str] | None:
+        # Fail closed: a refused signature is logged and nothing is stored.
+        try:
+            return registration_signature(plaintext, header, self._models.directory.parent)
+        except QwardError as exc:
+            self.log_admin(
+                "model-registration-failed", model_sha256=digest, name=name, reason=str(exc)
+            )
+            raise
 
     def _execute(
         self,
@@ -587,6 +607,7 @@ class CoreService:
                 "sealed_sha256": entry.sealed_sha256,
                 "name": entry.name,
             },
+            **signature_member(entry.signature),
             "input": record["input"],
             "output": {"sha256": tensors_digest(outputs)},
             "parameters": parameters,

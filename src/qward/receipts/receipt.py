@@ -79,7 +79,9 @@ _BODY_FIELDS = {
     "signer": dict,
 }
 # Receipts from before attestation have no ``attestation`` member; newer ones always do.
-_OPTIONAL_FIELDS = {"attestation": dict}
+# Receipts of models without an OpenSSF model-signing signature have no ``model_signature``.
+_OPTIONAL_FIELDS = {"attestation": dict, "model_signature": dict}
+_SIGNATURE_FIELDS = {"method", "identity", "signature_sha256"}
 
 
 def _require_digest(section: dict[str, Any], key: str, where: str) -> None:
@@ -110,10 +112,20 @@ def check_body(body: dict[str, Any]) -> None:
     if kinds not in (["sha256"], ["hmac_sha256"]):
         raise FormatError("receipt body: input must hold exactly one of sha256 or hmac_sha256")
     _require_digest(body["input"], kinds[0], "input")
+    if "model_signature" in body:
+        _check_model_signature(body["model_signature"])
     if not isinstance(body["log"].get("origin"), str):
         raise FormatError("receipt body: log.origin must be a string")
     if "circuit" in body["runtime"]:
         check_circuit_record(body["runtime"]["circuit"], seed=body["seed"])
+
+
+def _check_model_signature(section: dict[str, Any]) -> None:
+    if set(section) != _SIGNATURE_FIELDS:
+        raise FormatError(f"receipt body: model_signature has exactly {sorted(_SIGNATURE_FIELDS)}")
+    if section["method"] not in ("key", "certificate") or not isinstance(section["identity"], str):
+        raise FormatError("receipt body: model_signature method or identity is invalid")
+    _require_digest(section, "signature_sha256", "model_signature")
 
 
 @dataclass(frozen=True, kw_only=True)

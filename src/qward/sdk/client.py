@@ -16,7 +16,8 @@ from typing import Any
 from qward.core_api import CoreInterface, GenerationReplay, ModelInfo, ReplayResult
 from qward.crypto.envelope import seal as _seal
 from qward.encoding import canonical_json
-from qward.errors import ReplayMismatchError, VerificationError
+from qward.errors import InputError, ReplayMismatchError, VerificationError
+from qward.provenance.model_signature import ModelSignature, TrustedSigner, signed_model_header
 from qward.receipts.commitment import (
     INPUT_CONTENT_TYPE,
     SALT_BYTES,
@@ -53,15 +54,31 @@ __all__ = [
 MODEL_CONTENT_TYPE = "application/onnx"
 
 
-def seal_model(model: bytes, *, trust: TrustBundle) -> bytes:
+def seal_model(
+    model: bytes,
+    *,
+    trust: TrustBundle,
+    signature: ModelSignature | None = None,
+    signer: TrustedSigner | None = None,
+) -> bytes:
     """Seal a model to the core named in ``trust``: an ONNX graph, or a ``qward/circuit/v1``
     spec (canonical JSON), which is sealed as ``CIRCUIT_CONTENT_TYPE``. Anything else (bytes
     that are not ONNX, an ONNX model with external data or failing ``onnx.checker``, an invalid
-    spec) raises an ``InputError`` naming what is wrong."""
+    spec) raises an ``InputError`` naming what is wrong.
+
+    With a model-signing ``signature``, it is verified for ``signer`` first and travels in the
+    sealed header, where the core verifies it again (``qward.provenance``)."""
     # Checked here so that garbage (random bytes, /etc/passwd) or a model reading external files
     # is refused before it is ever sealed; the core and the worker check again on their own.
     content_type = check_model_bytes(model)
-    return _seal(model, recipient=trust.hpke_recipient, content_type=content_type)
+    extra = None
+    if signature is not None:
+        if signer is None:
+            raise InputError("a signed model is verified before sealing: name its signer")
+        extra = signed_model_header(model, signature, signer=signer)
+    return _seal(
+        model, recipient=trust.hpke_recipient, content_type=content_type, extra_header=extra
+    )
 
 
 def seal_input(
