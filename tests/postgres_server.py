@@ -10,6 +10,7 @@ binaries, that user or psycopg, the PostgreSQL cases are skipped and say why, or
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import pwd
@@ -20,11 +21,12 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 from urllib.parse import quote
 
 import pytest
 
-__all__ = ["PostgresServer", "postgres_server"]
+__all__ = ["PostgresServer", "ServerUnavailableError", "launch", "postgres_server", "shut_down"]
 
 _SERVER_USER = "postgres"
 
@@ -73,21 +75,35 @@ class PostgresServer:
         command = [*self.as_user, str(self.bindir / "pg_ctl"), "-D", str(self.base / "data")]
         subprocess.run([*command, *args], check=True, capture_output=True, timeout=120)
 
+    def start(self) -> None:
+        """Start the server (again) and wait until it accepts connections."""
+        # Only the socket in ``base``; no TCP. fsync stays on: the store refuses a server without.
+        options = f"-c listen_addresses='' -c unix_socket_directories='{self.base}' -c port=5432"
+        self.pg_ctl("-l", str(self.base / "server.log"), "-w", "-t", "60", "-o", options, "start")
 
-def _unavailable(reason: str) -> None:
+    def stop(self) -> None:
+        """Stop the server at once, as a crash would (connections are cut, nothing waits)."""
+        self.pg_ctl("-m", "immediate", "-w", "stop")
+
+
+def _unavailable(reason: str) -> NoReturn:
     """Skip the PostgreSQL cases, or fail them where CI requires PostgreSQL to be tested."""
     if os.environ.get("QWARD_REQUIRE_POSTGRES") == "1":
         pytest.fail(f"QWARD_REQUIRE_POSTGRES=1 but {reason}")
     pytest.skip(reason)
 
 
-@pytest.fixture(scope="session")
-def postgres_server() -> Iterator[PostgresServer]:
+class ServerUnavailableError(Exception):
+    """A throwaway server cannot be started here; the message says what is missing."""
+
+
+def launch() -> PostgresServer:
+    """Start a throwaway server (see the module); ``ServerUnavailableError`` says why it cannot."""
     if importlib.util.find_spec("psycopg") is None:
-        _unavailable("psycopg is not installed (pip install 'psycopg[binary]')")
+        raise ServerUnavailableError("psycopg is not installed (pip install 'psycopg[binary]')")
     bindir = _server_binaries()
     if bindir is None:
-        _unavailable(
+        raise ServerUnavailableError(
             "PostgreSQL server binaries (initdb, pg_ctl) not found under /usr/lib/postgresql/*/bin "
             "or on PATH; install them with: apt-get install -y postgresql"
         )
@@ -96,12 +112,12 @@ def postgres_server() -> Iterator[PostgresServer]:
         try:
             account = pwd.getpwnam(_SERVER_USER)
         except KeyError:
-            _unavailable(
+            raise ServerUnavailableError(
                 "PostgreSQL refuses to run as root and there is no 'postgres' user; install the "
                 "server with: apt-get install -y postgresql (it creates that user)"
-            )
+            ) from None
         if shutil.which("runuser") is None:
-            _unavailable(
+            raise ServerUnavailableError(
                 "running PostgreSQL as the 'postgres' user needs runuser: apt-get install -y "
                 "util-linux"
             )
@@ -131,14 +147,30 @@ def postgres_server() -> Iterator[PostgresServer]:
             capture_output=True,
             timeout=120,
         )
-        # Only the socket in ``base``; no TCP. fsync stays on: the store refuses a server without.
-        options = f"-c listen_addresses='' -c unix_socket_directories='{base}' -c port=5432"
-        server.pg_ctl("-l", str(base / "server.log"), "-w", "-t", "60", "-o", options, "start")
+        server.start()
     except subprocess.CalledProcessError as exc:
         shutil.rmtree(base, ignore_errors=True)
-        pytest.fail(f"starting PostgreSQL failed: {exc.stderr.decode(errors='replace')}")
+        why = exc.stderr.decode(errors="replace")
+        raise RuntimeError(f"starting PostgreSQL failed: {why}") from None
+    return server
+
+
+def shut_down(server: PostgresServer) -> None:
+    """Stop a server from ``launch`` and remove its files."""
+    with contextlib.suppress(subprocess.CalledProcessError):
+        server.stop()
+    shutil.rmtree(server.base, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    try:
+        server = launch()
+    except ServerUnavailableError as exc:
+        _unavailable(str(exc))
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
     try:
         yield server
     finally:
-        server.pg_ctl("-m", "immediate", "stop")
-        shutil.rmtree(base, ignore_errors=True)
+        shut_down(server)

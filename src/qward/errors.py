@@ -32,6 +32,7 @@ __all__ = [
     "CoreUnavailableError",
     "CryptoError",
     "DecryptionError",
+    "FencedError",
     "FormatError",
     "InputError",
     "KeystoreError",
@@ -153,6 +154,10 @@ class AuditError(QwardError):
     """The transparency log could not record an event, so the action was refused."""
 
     code = "audit_unavailable"
+
+
+class FencedError(AuditError):
+    """A core tried to publish a checkpoint without holding the log's current publisher lease."""
 
 
 class RuntimeFailure(QwardError):  # noqa: N818 - names the failure, not an exception kind

@@ -1,12 +1,15 @@
 """A log process for the crash tests: appends under load until it is killed.
 
     python crash_writer.py sqlite|postgres PATH-OR-DSN SEED
+    python crash_writer.py postgres-shared DSN SEED HOLDER
 
-Opens the store, starts a ``Sequencer`` with a short checkpoint interval, prints ``R`` once it is
-ready, and then has four writer threads append random entries (single adds and small groups)
-forever. Every acknowledgement is printed as ``A <index> <entry hex>`` and every published
-checkpoint as ``C <base64 note>``, one flushed write per line, only after the store has committed
-it, so the test knows exactly what was promised when it sends SIGKILL.
+Opens the store, starts a ``Sequencer`` with a short checkpoint interval (or, ``postgres-shared``,
+a ``SharedLogSequencer`` named ``HOLDER`` in the publisher lease, one of several writers of the
+log), prints ``R`` once it is ready, and then has four writer threads append random entries
+(single adds, small groups and, shared, groups that wait for a covering checkpoint) forever.
+Every acknowledgement is printed as ``A <index> <entry hex>`` and every published checkpoint as
+``C <base64 note>``, one flushed write per line, only after the store has committed it, so the
+test knows exactly what was promised when it sends SIGKILL.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, mldsa
 from qward.tlog.backend import LogBackend
 from qward.tlog.note import Ed25519NoteSigner, MLDSA44NoteSigner
 from qward.tlog.sequencer import Sequencer
+from qward.tlog.shared_sequencer import SharedLogSequencer
 
 ORIGIN = "log.example/crash"
 SIGNERS = (
@@ -49,6 +53,8 @@ def _acknowledged(entries: list[bytes]) -> Any:
         if future.exception() is not None:
             return
         result = future.result()
+        if isinstance(result, tuple):
+            result = result[0]
         first = result if isinstance(result, int) else result[0]
         for offset, entry in enumerate(entries):
             _emit(f"A {first + offset} {entry.hex()}")
@@ -58,15 +64,25 @@ def _acknowledged(entries: list[bytes]) -> Any:
 
 def _writer(sequencer: Sequencer, seed: int) -> None:
     rng = random.Random(seed)
+    shared = isinstance(sequencer, SharedLogSequencer)
     while True:
-        if rng.random() < 0.7:
+        draw = rng.random()
+        if draw < 0.6:
             entries = [rng.randbytes(rng.randint(1, 120))]
             future: Future[Any] = sequencer.add(entries[0])
+        elif shared and draw < 0.75:
+            entries = [rng.randbytes(rng.randint(1, 120)) for _ in range(rng.randint(1, 3))]
+            future = sequencer.add_published(entries)
+            future.add_done_callback(_acknowledged(entries))
+            # As a core waits for its receipt's checkpoint before answering.
+            future.result(timeout=60)
+            continue
         else:
             entries = [rng.randbytes(rng.randint(1, 120)) for _ in range(rng.randint(2, 8))]
             future = sequencer.add_many(entries)
         future.add_done_callback(_acknowledged(entries))
-        time.sleep(rng.random() * 0.002)
+        # Three shared writers at full speed would make each full audit read ~1M entries.
+        time.sleep(rng.random() * (0.008 if shared else 0.002))
 
 
 def _open(kind: str, target: str) -> LogBackend:
@@ -86,17 +102,39 @@ def _die(args: threading.ExceptHookArgs) -> None:
     os._exit(3)
 
 
-def main() -> None:
-    threading.excepthook = _die
-    kind, target, seed = sys.argv[1], sys.argv[2], int(sys.argv[3])
-    store = _open(kind, target)
-    sequencer = Sequencer(
+def _published(note: bytes) -> None:
+    _emit(f"C {base64.b64encode(note).decode()}")
+
+
+def _sequencer(kind: str, target: str) -> Sequencer:
+    if kind != "postgres-shared":
+        return Sequencer(
+            store=_open(kind, target),
+            origin=ORIGIN,
+            signers=SIGNERS,
+            checkpoint_interval=0.05,
+            on_publish=_published,
+        )
+    from qward.tlog.pg_coordination import PostgresCoordination
+    from qward.tlog.pg_store import PostgresLogStore
+
+    store = PostgresLogStore.open(target)
+    return SharedLogSequencer(
         store=store,
         origin=ORIGIN,
         signers=SIGNERS,
+        coordination=PostgresCoordination(store, holder=sys.argv[4], ttl=1.0),
         checkpoint_interval=0.05,
-        on_publish=lambda note: _emit(f"C {base64.b64encode(note).decode()}"),
+        poll_interval=0.02,
+        on_publish=_published,
+        on_observe=_published,
     )
+
+
+def main() -> None:
+    threading.excepthook = _die
+    kind, target, seed = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    sequencer = _sequencer(kind, target)
     _emit("R")
     threads = [
         threading.Thread(target=_writer, args=(sequencer, seed * 16 + n), daemon=True)

@@ -19,6 +19,7 @@ from qward.cli import (
     attested,
     audit,
     chat,
+    cluster,
     doctor,
     erasure,
     keys,
@@ -41,7 +42,19 @@ from qward.errors import (
 __all__ = ["EXIT_CODES", "app", "exit_code", "main"]
 
 # The command modules register themselves on ``app`` when imported.
-_COMMANDS = (attest, attested, audit, chat, doctor, erasure, keys, replays, serving, witness)
+_COMMANDS = (
+    attest,
+    attested,
+    audit,
+    chat,
+    cluster,
+    doctor,
+    erasure,
+    keys,
+    replays,
+    serving,
+    witness,
+)
 
 #: Error family -> exit code, most specific first (README, "Exit codes").
 EXIT_CODES: list[tuple[type[QwardError], int]] = [

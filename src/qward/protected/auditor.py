@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from typing import TypeVar
@@ -20,6 +22,7 @@ from qward.tlog.layout import (
 )
 from qward.tlog.note import NoteSigner, note_signatures
 from qward.tlog.sequencer import Sequencer
+from qward.tlog.shared_sequencer import Coordination, SharedLogSequencer
 from qward.tlog.witness_client import WitnessClient
 
 __all__ = ["Auditor"]
@@ -27,6 +30,7 @@ __all__ = ["Auditor"]
 _APPEND_TIMEOUT = 30.0
 _T = TypeVar("_T")
 _BACKSTOP_INTERVAL = 1.0
+_RESTART_INTERVAL = 1.0
 
 
 class Auditor:
@@ -37,6 +41,10 @@ class Auditor:
     entries and publishes a checkpoint covering them in the same batch: its return is durable.
     ``commit`` publishes a checkpoint covering everything sequenced so far. Every checkpoint is
     published by the sequencer's thread, so concurrent requests share one (group commit).
+
+    With ``coordination`` the log is shared with other cores (``SharedLogSequencer``): only the
+    holder of the publisher lease publishes, and the others hand out its checkpoints. With
+    ``reopen``, a failed store (the database went away) is replaced on a later call.
     """
 
     def __init__(
@@ -46,6 +54,8 @@ class Auditor:
         origin: str,
         signers: Sequence[NoteSigner],
         witnesses: WitnessClient | None = None,
+        coordination: Callable[[LogBackend], Coordination] | None = None,
+        reopen: Callable[[], LogBackend] | None = None,
     ) -> None:
         self._store = store
         # Witnesses cosign each new checkpoint before it is handed out (none unless configured).
@@ -55,15 +65,59 @@ class Auditor:
         self._latest_lock = threading.Lock()
         self._latest: tuple[bytes, Checkpoint] | None = None
         self._listeners: list[Callable[[bytes], None]] = []
+        # Several cores share the log when there is a coordination (the publisher lease).
+        self._coordination = coordination
+        # After the store fails (the database went away), a later call reopens it.
+        self._reopen = reopen
+        self._restart_lock = threading.Lock()
+        self._last_restart = 0.0
+        self._sequencer = self._start(store)
+
+    def _start(self, store: LogBackend) -> Sequencer:
         # The sequencer's own checkpoints are a backstop, so that entries no request commits
         # (access records, say) are covered within about a second.
-        self._sequencer = Sequencer(
+        if self._coordination is None:
+            return Sequencer(
+                store=store,
+                origin=self._origin,
+                signers=self._signers,
+                checkpoint_interval=_BACKSTOP_INTERVAL,
+                on_publish=self._published,
+            )
+        return SharedLogSequencer(
             store=store,
-            origin=origin,
+            origin=self._origin,
             signers=self._signers,
+            coordination=self._coordination(store),
             checkpoint_interval=_BACKSTOP_INTERVAL,
             on_publish=self._published,
+            on_observe=self._observed,
         )
+
+    def _live(self) -> Sequencer:
+        """The sequencer; if it failed, a new one over a reopened store (at most once a second).
+
+        Whatever the failed one had not acknowledged was refused to its callers; a new
+        sequencer resumes from what the store holds, so nothing acknowledged is lost.
+        """
+        sequencer = self._sequencer
+        if not sequencer.failed or self._reopen is None:
+            return sequencer
+        with self._restart_lock:
+            if self._sequencer is not sequencer:
+                return self._sequencer
+            now = time.monotonic()
+            if now - self._last_restart < _RESTART_INTERVAL:
+                return sequencer
+            self._last_restart = now
+            store = self._reopen()
+            with contextlib.suppress(AuditError):
+                sequencer.close(timeout=_APPEND_TIMEOUT)
+            with contextlib.suppress(Exception):
+                self._store.close()
+            self._store = store
+            self._sequencer = self._start(store)
+            return self._sequencer
 
     @property
     def origin(self) -> str:
@@ -81,7 +135,7 @@ class Auditor:
         with tracer().start_as_current_span(
             "qward.log.append", attributes={"qward.entries": len(entries)}
         ):
-            return self._wait(self._sequencer.add_many(entries, durable=durable))
+            return self._wait(self._live().add_many(entries, durable=durable))
 
     def record_covered(self, entries: Sequence[bytes]) -> tuple[list[int], bytes, Checkpoint]:
         """Sequence ``entries`` and publish a (cosigned) checkpoint covering them, durably;
@@ -89,7 +143,7 @@ class Auditor:
         with tracer().start_as_current_span(
             "qward.log.append_publish", attributes={"qward.entries": len(entries)}
         ):
-            indices, note = self._wait(self._sequencer.add_published(entries))
+            indices, note = self._wait(self._live().add_published(entries))
         return indices, note, note_checkpoint(note)
 
     def commit(self, *, covering: int | None = None) -> tuple[bytes, Checkpoint]:
@@ -115,13 +169,17 @@ class Auditor:
     def _published(self, note: bytes) -> bytes:
         """Every new checkpoint, in the sequencer's thread: cosigned before anyone sees it."""
         note = self._cosign(note)
+        self._observed(note)
+        return note
+
+    def _observed(self, note: bytes) -> None:
+        """A new checkpoint, published (and cosigned) here or by another core of the log."""
         checkpoint = note_checkpoint(note)
         with self._latest_lock:
             if self._latest is None or self._latest[1].size <= checkpoint.size:
                 self._latest = (note, checkpoint)
         for listener in tuple(self._listeners):
             listener(note)
-        return note
 
     def add_listener(self, listener: Callable[[bytes], None]) -> None:
         """Call ``listener(note)`` with every newly published (cosigned) checkpoint note.

@@ -62,7 +62,8 @@ _SIGNED: weakref.WeakKeyDictionary[KeyRing, tuple[int, bytes]] = weakref.WeakKey
 def build_trust(keys: CoreKeys) -> TrustBundle:
     """The trust bundle for ``keys``: primary KEK, the checkpoint keys in use, every checkpoint
     and receipt key version (so evidence signed before a rotation still verifies)."""
-    key_sets = keys.ring.checkpoint_key_sets()
+    # A shared log identity has one checkpoint key; the keystore's own are not used then.
+    key_sets = keys.ring.checkpoint_key_sets() if keys.log_identity is None else ()
     return TrustBundle(
         origin=keys.origin,
         log_verifiers=tuple(s.verifier() for s in keys.log_signers),
@@ -311,6 +312,12 @@ def op_keys_rotate(service: KeyAdminHost, header: dict[str, Any], payload: bytes
         except ValueError:
             names = ", ".join(p.value for p in Purpose)
             raise InputError(f"unknown key purpose {purpose!r}; known: {names}") from None
+        if which is Purpose.CHECKPOINT_SIGNING and _keys(service).log_identity is not None:
+            # Every core of a shared log signs with the shared identity; one core cannot change it.
+            raise InputError(
+                "this core signs checkpoints with a shared log identity (QWARD_LOG_IDENTITY); "
+                "its checkpoint key is not rotated per core"
+            )
 
         def _rotate(ring: KeyRing) -> dict[str, Any]:
             old = ring.primary(which)

@@ -34,6 +34,7 @@ from qward.encoding import b64decode, b64encode, canonical_json, parse_canonical
 from qward.errors import FormatError, KeystoreError
 from qward.protected.handles import HPKEPrivateKey, KeyHandle
 from qward.protected.keyring import KeyRing
+from qward.protected.log_identity import LogIdentity
 from qward.protected.pkcs11_kek import TokenConfig, TokenKEK, read_secret_file
 from qward.protected.signing import ReceiptSigner
 from qward.suites import DEFAULT_POLICY, Policy
@@ -128,10 +129,14 @@ class CoreKeys:
         self._keystore = keystore
         #: The format this keystore was migrated from on load ("" if it was not).
         self.migrated_from = migrated_from
+        #: The log identity shared with other cores of one log, if this core is one of several.
+        self.log_identity: LogIdentity | None = None
 
     @property
     def origin(self) -> str:
-        """The transparency log's origin line."""
+        """The transparency log's origin line (the shared log's, if there is one)."""
+        if self.log_identity is not None:
+            return self.log_identity.origin
         return self.ring.origin
 
     @property
@@ -151,7 +156,10 @@ class CoreKeys:
 
     @property
     def log_signers(self) -> tuple[NoteSigner, ...]:
-        """The checkpoint signers: the primary version's, then every enabled older version's."""
+        """The checkpoint signers: the shared log's, or else the primary version's, then every
+        enabled older version's."""
+        if self.log_identity is not None:
+            return self.log_identity.signers
         return self.ring.checkpoint_signers()
 
     @property

@@ -42,6 +42,7 @@ from qward.protected.anchor_start import read_anchoring, start_anchoring
 from qward.protected.attestation import Attester, CoreAttestation, SoftwareOnlyAttester
 from qward.protected.attesters import select_attester
 from qward.protected.auditor import Auditor
+from qward.protected.cluster import publisher_lease, shared_log_identity
 from qward.protected.keystore import (
     PROTECTION_ENV,
     create_keystore,
@@ -78,7 +79,9 @@ def build_service(
 ) -> CoreService:
     """Open (or on first start, create) the keystore, log and model registry in ``state_dir``.
 
-    The log is ``state_dir/log.sqlite`` unless ``QWARD_LOG_DATABASE`` names a PostgreSQL URL.
+    The log is ``state_dir/log.sqlite`` unless ``QWARD_LOG_DATABASE`` names a PostgreSQL URL,
+    which other cores may share: they then take turns publishing under a lease, and sign with
+    the log identity that ``QWARD_LOG_IDENTITY`` names (see ``cluster``).
     ``QWARD_KEYSTORE_PROTECTION=pkcs11`` creates the keystore under a PKCS#11 token, and then
     refuses to start on a keystore that is not. Without ``passphrase`` it comes from the
     environment (``QWARD_KEYSTORE_PASSPHRASE`` or ``QWARD_KEYSTORE_PASSPHRASE_FILE``).
@@ -110,10 +113,17 @@ def build_service(
             f"{PROTECTION_ENV}=pkcs11 but the keystore in {state_dir} is protected by "
             f"{keys.protection!r}"
         )
-    store = open_log_store(log_location(state_dir))
+    location = log_location(state_dir)
+    keys.log_identity = shared_log_identity(location)
+    store = open_log_store(location)
     witnesses, policy = _witnesses(state_dir)
     auditor = Auditor(
-        store=store, origin=keys.origin, signers=keys.log_signers, witnesses=witnesses
+        store=store,
+        origin=keys.origin,
+        signers=keys.log_signers,
+        witnesses=witnesses,
+        coordination=publisher_lease(location),
+        reopen=lambda: open_log_store(location),
     )
     service = CoreService(
         keys=keys,

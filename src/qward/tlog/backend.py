@@ -9,6 +9,7 @@ and the pure helpers, and imports no database driver.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Protocol, Self
 
@@ -18,6 +19,7 @@ from qward.tlog.note import NoteSigner
 
 __all__ = [
     "MAX_ENTRY_BYTES",
+    "Fence",
     "KeyReference",
     "LogBackend",
     "check_entries",
@@ -27,6 +29,19 @@ __all__ = [
 
 #: The largest entry a log accepts; far above any audit record, it bounds one row's size.
 MAX_ENTRY_BYTES = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Fence:
+    """A publisher lease as the database granted it: who holds it and in which epoch.
+
+    Several cores may append to one log, but only the holder of the current lease may publish a
+    checkpoint; the store checks the fence inside the publishing transaction, so a core whose
+    lease has expired or passed to another can never publish (``FencedError``).
+    """
+
+    holder: str
+    epoch: int
 
 
 class KeyReference(Protocol):
@@ -66,14 +81,20 @@ class LogBackend(Protocol):
         ...
 
     def publish(
-        self, *, origin: str, signers: Sequence[NoteSigner], integrate: bool = False
+        self,
+        *,
+        origin: str,
+        signers: Sequence[NoteSigner],
+        integrate: bool = False,
+        fence: Fence | None = None,
     ) -> bytes:
         """Sign and store a checkpoint of the integrated tree (integrating first, in the same
-        transaction, if ``integrate``); returns the signed note."""
+        transaction, if ``integrate``); returns the signed note. With ``fence``, only while that
+        publisher lease is the current one (``FencedError`` otherwise)."""
         ...
 
     def add_cosignatures(self, note: bytes) -> None:
-        """Replace the latest checkpoint with the same note plus witness cosignature lines."""
+        """Replace a recent checkpoint with the same note plus witness cosignature lines."""
         ...
 
     def size(self) -> int:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from qward.tlog.backend import LogBackend
 
-__all__ = ["LOG_DATABASE_ENV", "log_location", "open_log_store"]
+__all__ = ["LOG_DATABASE_ENV", "is_postgres", "log_location", "open_log_store"]
 
 #: Set to a ``postgresql://`` URL to keep the log in PostgreSQL instead of ``log.sqlite``.
 LOG_DATABASE_ENV = "QWARD_LOG_DATABASE"
@@ -20,9 +20,14 @@ def log_location(state_dir: Path, override: str | None = None) -> str:
     return override or os.environ.get(LOG_DATABASE_ENV) or str(state_dir / "log.sqlite")
 
 
+def is_postgres(location: str) -> bool:
+    """Whether ``location`` is a PostgreSQL URL (else it is an SQLite file's path)."""
+    return location.startswith(_POSTGRES_SCHEMES)
+
+
 def open_log_store(location: str) -> LogBackend:
     """Open the log at ``location``: a PostgreSQL URL, or the path of an SQLite file."""
-    if location.startswith(_POSTGRES_SCHEMES):
+    if is_postgres(location):
         # Imported here so that psycopg is needed only by deployments that use PostgreSQL.
         from qward.tlog.pg_store import PostgresLogStore
 

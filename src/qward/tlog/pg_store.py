@@ -10,6 +10,14 @@ write-ahead log. Every psycopg failure surfaces as ``AuditError``: the log fails
 
 The tables are created in the first schema of the connection's ``search_path``, so one database
 can hold several logs (``options='-c search_path=mylog'`` in the DSN).
+
+Several processes (protected cores) may append to one log. Only one of them publishes: the holder
+of the ``lease`` row, a publisher lease with a fencing epoch, granted, renewed and checked under
+the same table lock as every phase and timed by the server's clock, never a core's. A lease whose
+time has run out can be taken by another core, which bumps the epoch; ``publish`` with the old
+epoch is then refused (``FencedError``), so a stalled or partitioned former leader can never
+publish. ``notify`` wakes the other cores through ``LISTEN``/``NOTIFY`` on channel ``qward_log``,
+each message prefixed by the log's schema so that logs sharing a database ignore each other.
 """
 
 from __future__ import annotations
@@ -20,10 +28,15 @@ from typing import ClassVar
 
 import psycopg
 
-from qward.errors import AuditError
+from qward.errors import AuditError, FencedError
+from qward.tlog.backend import Fence
 from qward.tlog.sql_store import SCHEMA_VERSION, Row, SQLLogStore
 
-__all__ = ["PostgresLogStore"]
+__all__ = ["NOTIFY_CHANNEL", "PostgresLogStore"]
+
+#: The channel cores listen on for each other's log events.
+NOTIFY_CHANNEL = "qward_log"
+_LEASE = "publisher"
 
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS entries ("
@@ -36,6 +49,10 @@ _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BIGINT NOT NULL)",
     f"INSERT INTO meta VALUES ('schema', {SCHEMA_VERSION}) ON CONFLICT DO NOTHING",  # noqa: S608 (a constant)
     "INSERT INTO meta VALUES ('integrated_size', 0) ON CONFLICT DO NOTHING",
+    # Not part of the log's content (the audit never reads it): who may publish, until when.
+    "CREATE TABLE IF NOT EXISTS lease ("
+    " name TEXT PRIMARY KEY, holder TEXT NOT NULL, epoch BIGINT NOT NULL,"
+    " expires TIMESTAMPTZ NOT NULL)",
 )
 
 # Creating tables races between processes opening a new log at once (CREATE TABLE IF NOT EXISTS is
@@ -54,10 +71,13 @@ class PostgresLogStore(SQLLogStore):
 
     driver_errors: ClassVar[tuple[type[Exception], ...]] = (psycopg.Error,)
 
-    def __init__(self, *, connection: psycopg.Connection[Row]) -> None:
+    def __init__(self, *, connection: psycopg.Connection[Row], dsn: str = "") -> None:
         super().__init__()
         self._db = connection
         self._sql: dict[str, str] = {}
+        #: How to connect to this log again (a listener needs a connection of its own).
+        self.dsn = dsn
+        self._schema = ""
 
     @classmethod
     def open(cls, dsn: str) -> PostgresLogStore:
@@ -71,7 +91,7 @@ class PostgresLogStore(SQLLogStore):
             db = psycopg.connect(dsn, autocommit=True)
         except psycopg.Error as exc:
             raise AuditError(f"opening the PostgreSQL log failed: {exc}") from None
-        store = cls(connection=db)
+        store = cls(connection=db, dsn=dsn)
         try:
             with store._guard("configuring the PostgreSQL log"):
                 db.isolation_level = psycopg.IsolationLevel.READ_COMMITTED
@@ -84,6 +104,7 @@ class PostgresLogStore(SQLLogStore):
                 for statement in _SCHEMA:
                     db.execute(statement)
                 version = store._meta("schema")
+                store._schema = str(store._rows("SELECT current_schema()")[0][0])
             if version != SCHEMA_VERSION:
                 raise AuditError(f"PostgreSQL log: schema version {version}")
         except BaseException:
@@ -125,3 +146,83 @@ class PostgresLogStore(SQLLogStore):
 
     def _close(self) -> None:
         self._db.close()
+
+    # -- the publisher lease -----------------------------------------------------------------
+
+    @property
+    def schema(self) -> str:
+        """The schema holding this log's tables: the prefix of its notifications."""
+        return self._schema
+
+    def acquire_lease(self, holder: str, *, ttl: float) -> Fence | None:
+        """Take or renew the publisher lease for ``ttl`` seconds of the server's clock.
+
+        1. Without a lease row, create it: ``holder`` in epoch 1.
+        2. If ``holder`` holds it and it has not run out, extend it, same epoch.
+        3. If it has run out (whoever held it), give it to ``holder`` in the next epoch.
+        4. Otherwise another core holds it: return None.
+        """
+        with self._transaction("acquiring the publisher lease"):
+            row = self._one(
+                "SELECT holder, epoch, expires > clock_timestamp() FROM lease WHERE name = ?",
+                (_LEASE,),
+            )
+            interval = f"{float(ttl)} seconds"
+            if row is None:
+                self._run(
+                    "INSERT INTO lease VALUES (?, ?, 1, clock_timestamp() + ?::interval)",
+                    (_LEASE, holder, interval),
+                )
+                return Fence(holder, 1)
+            current, epoch, live = str(row[0]), int(row[1]), bool(row[2])
+            if live and current != holder:
+                return None
+            if not live:
+                epoch += 1
+            self._run(
+                "UPDATE lease SET holder = ?, epoch = ?, expires = clock_timestamp() + ?::interval"
+                " WHERE name = ?",
+                (holder, epoch, interval, _LEASE),
+            )
+            return Fence(holder, epoch)
+
+    def release_lease(self, fence: Fence) -> None:
+        """End ``fence``'s lease now, if it is still the current one, so another core can take
+        over without waiting for it to run out."""
+        with self._transaction("releasing the publisher lease"):
+            self._run(
+                "UPDATE lease SET expires = clock_timestamp() "
+                "WHERE name = ? AND holder = ? AND epoch = ?",
+                (_LEASE, fence.holder, fence.epoch),
+            )
+
+    def lease_holder(self) -> tuple[str, int, bool] | None:
+        """(holder, epoch, still running) of the publisher lease, if any was ever granted."""
+        with self._guard("reading the publisher lease"):
+            row = self._one(
+                "SELECT holder, epoch, expires > clock_timestamp() FROM lease WHERE name = ?",
+                (_LEASE,),
+            )
+        return None if row is None else (str(row[0]), int(row[1]), bool(row[2]))
+
+    def _check_fence(self, fence: Fence) -> None:
+        row = self._one(
+            "SELECT holder, epoch, expires > clock_timestamp() FROM lease WHERE name = ?",
+            (_LEASE,),
+        )
+        if row is None or (str(row[0]), int(row[1])) != (fence.holder, fence.epoch):
+            held = "nobody" if row is None else f"{row[0]} in epoch {row[1]}"
+            raise FencedError(
+                f"transparency log: {fence.holder} (epoch {fence.epoch}) may not publish: the "
+                f"publisher lease is held by {held}"
+            )
+        if not row[2]:
+            raise FencedError(
+                f"transparency log: the publisher lease of {fence.holder} (epoch {fence.epoch}) "
+                "has run out"
+            )
+
+    def notify(self, event: str) -> None:
+        """Tell every core listening on this log that ``event`` happened (after commit)."""
+        with self._guard(f"notifying {event}"):
+            self._run("SELECT pg_notify(?, ?)", (NOTIFY_CHANNEL, f"{self._schema} {event}"))

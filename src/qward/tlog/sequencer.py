@@ -29,7 +29,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, InvalidStateError
 from contextlib import suppress
 from types import TracebackType
@@ -50,6 +50,15 @@ class _Request(NamedTuple):
     item: bytes | list[bytes]
     durable: bool = True
     publish: bool = False
+
+
+def _shares(batch: list[_Request], indices: list[int]) -> Iterator[tuple[_Request, list[int]]]:
+    """Each request of ``batch`` with the indices its entries got (in ``indices``' order)."""
+    position = 0
+    for request in batch:
+        count = 1 if isinstance(request.item, bytes) else len(request.item)
+        yield request, indices[position : position + count]
+        position += count
 
 
 def _as_audit_error(exc: BaseException) -> AuditError:
@@ -90,6 +99,7 @@ class Sequencer:
         self._pending: deque[_Request] = deque()
         self._queued = 0
         self._idle = False
+        self._poked = False
         self._closing = False
         self._error: AuditError | None = None
         # ``_published`` guards the latest checkpoint, for ``wait_for_checkpoint``.
@@ -180,6 +190,12 @@ class Sequencer:
                 self._published.notify_all()
 
     @property
+    def failed(self) -> bool:
+        """Whether the sequencer has failed (and so refuses every call from now on)."""
+        with self._queue:
+            return self._error is not None
+
+    @property
     def latest_checkpoint(self) -> bytes | None:
         """The last checkpoint this sequencer published, if any."""
         with self._published:
@@ -199,14 +215,39 @@ class Sequencer:
                 batch = self._take()
                 if batch:
                     self._sequence(batch)
-                if self._checkpoint_due():
-                    self._checkpoint()
+                self._tick()
                 with self._queue:
-                    if self._closing and not self._pending:
-                        return
+                    if self._closing and not self._pending and self._drained():
+                        break
         except BaseException as exc:
             # Every failure, whatever its type, must reach the waiters: the log fails closed.
             self._fail(exc, batch)
+        finally:
+            self._stopped()
+
+    # -- hooks for a log that several processes append to (``SharedLogSequencer``) ---------
+
+    def _tick(self) -> None:
+        """After each batch (or wake-up): publish a checkpoint if one is due."""
+        if self._checkpoint_due():
+            self._checkpoint()
+
+    def _drained(self) -> bool:
+        """Whether nothing but the queue keeps the loop from stopping once closed."""
+        return True
+
+    def _stopped(self) -> None:
+        """The loop has ended, normally or not."""
+
+    def _wait_timeout(self) -> float | None:
+        """How long the loop may sleep for lack of work (None: until woken)."""
+        return self._until_checkpoint()
+
+    def _poke(self) -> None:
+        """Wake the loop even with nothing queued, so that it runs ``_tick``."""
+        with self._queue:
+            self._poked = True
+            self._queue.notify()
 
     def _until_checkpoint(self) -> float | None:
         """Seconds until a checkpoint is due, or None if every acknowledged entry is covered."""
@@ -216,13 +257,14 @@ class Sequencer:
 
     def _take(self) -> list[_Request]:
         with self._queue:
-            while not self._pending and not self._closing:
-                timeout = self._until_checkpoint()
+            while not self._pending and not self._closing and not self._poked:
+                timeout = self._wait_timeout()
                 if timeout == 0:
                     return []
                 self._idle = True
                 self._queue.wait(timeout)
                 self._idle = False
+            self._poked = False
             if self._max_delay and not self._closing and self._queued < self._max_batch:
                 self._queue.wait(self._max_delay)
             batch: list[_Request] = []
@@ -241,31 +283,31 @@ class Sequencer:
             return batch
 
     def _sequence(self, batch: list[_Request]) -> None:
+        publish = any(r.publish for r in batch)
+        # With a checkpoint to publish, its commit is the fsync that covers these entries.
+        indices = self._store_batch(batch, durable=not publish and any(r.durable for r in batch))
+        note = self._checkpoint() if publish else b""
+        for request, mine in _shares(batch, indices):
+            if request.publish:
+                request.future.set_result((mine, note))
+            else:
+                request.future.set_result(mine[0] if isinstance(request.item, bytes) else mine)
+
+    def _store_batch(self, batch: list[_Request], *, durable: bool) -> list[int]:
+        """Sequence the entries of ``batch`` in one store transaction; returns their indices."""
         entries: list[bytes] = []
         for request in batch:
             if isinstance(request.item, bytes):
                 entries.append(request.item)
             else:
                 entries.extend(request.item)
-        publish = any(r.publish for r in batch)
-        indices: list[int] = []
-        if entries:
-            # With a checkpoint to publish, its commit is the fsync that covers these entries.
-            durable = not publish and any(r.durable for r in batch)
-            indices = self._store.sequence(entries, durable=durable)
-            if len(indices) != len(entries):
-                raise AuditError("transparency log: the store acknowledged a different entry count")
-            self._acknowledged = indices[-1] + 1
-        note = self._checkpoint() if publish else b""
-        position = 0
-        for request in batch:
-            if isinstance(request.item, bytes):
-                request.future.set_result(indices[position])
-                position += 1
-                continue
-            mine = indices[position : position + len(request.item)]
-            position += len(request.item)
-            request.future.set_result((mine, note) if request.publish else mine)
+        if not entries:
+            return []
+        indices = self._store.sequence(entries, durable=durable)
+        if len(indices) != len(entries):
+            raise AuditError("transparency log: the store acknowledged a different entry count")
+        self._acknowledged = indices[-1] + 1
+        return indices
 
     def _checkpoint_due(self) -> bool:
         until = self._until_checkpoint()
@@ -290,7 +332,7 @@ class Sequencer:
         error = _as_audit_error(exc)
         with self._queue:
             self._error = error
-            waiting = [*batch, *self._pending]
+            waiting = [*batch, *self._pending, *self._unresolved()]
             self._pending.clear()
             self._queued = 0
         for request in waiting:
@@ -299,6 +341,10 @@ class Sequencer:
                 request.future.set_exception(error)
         with self._published:
             self._published.notify_all()
+
+    def _unresolved(self) -> list[_Request]:
+        """Requests sequenced but still waiting for something (a checkpoint published elsewhere)."""
+        return []
 
     # -- lifetime ----------------------------------------------------------------------------
 

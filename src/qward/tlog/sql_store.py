@@ -24,7 +24,7 @@ from typing import Any, ClassVar, Self
 
 from qward.errors import AuditError, InputError, ProofError, VerificationError
 from qward.tlog import merkle
-from qward.tlog.backend import check_entries, note_checkpoint, signer_ids
+from qward.tlog.backend import Fence, check_entries, note_checkpoint, signer_ids
 from qward.tlog.checkpoint import Checkpoint
 from qward.tlog.note import NoteSigner, add_signature_lines, sign_note
 
@@ -32,6 +32,8 @@ __all__ = ["SCHEMA_VERSION", "SQLLogStore"]
 
 SCHEMA_VERSION = 1
 _BATCH = 512
+# How many of the newest checkpoints witness cosignatures may still be added to.
+_COSIGN_WINDOW = 16
 
 Row = tuple[Any, ...]
 
@@ -204,11 +206,24 @@ class SQLLogStore(ABC):
             below, low, level = current, first, level + 1
         return rows
 
+    def _check_fence(self, fence: Fence) -> None:
+        """Raise ``FencedError`` unless ``fence`` is the current publisher lease; called inside
+        the publishing transaction. Only a store that several processes share has leases."""
+        raise AuditError("transparency log: this store has a single writer and no publisher lease")
+
     def publish(
-        self, *, origin: str, signers: Sequence[NoteSigner], integrate: bool = False
+        self,
+        *,
+        origin: str,
+        signers: Sequence[NoteSigner],
+        integrate: bool = False,
+        fence: Fence | None = None,
     ) -> bytes:
         """Sign and store a checkpoint for the integrated tree; returns the signed note.
 
+        0. With ``fence``, check that it is still the log's current publisher lease (in the same
+           serialized transaction as the checkpoint's insertion, so a stale publisher never
+           commits one).
         1. Compute the root of the integrated tree from the stored nodes (with ``integrate``,
            first integrate everything sequenced, in the same transaction: one commit, not two).
         2. If a checkpoint was published before, check it is for the same origin and that the
@@ -219,6 +234,8 @@ class SQLLogStore(ABC):
         """
         ids = signer_ids(signers)
         with self._transaction(f"publishing a checkpoint for {origin!r}"):
+            if fence is not None:
+                self._check_fence(fence)
             if integrate:
                 size, root = self._integrate_locked()
             else:
@@ -243,17 +260,23 @@ class SQLLogStore(ABC):
         return note
 
     def add_cosignatures(self, note: bytes) -> None:
-        """Replace the latest checkpoint with ``note``: the same note plus witness cosignatures.
+        """Replace a recent checkpoint with ``note``: the same note plus witness cosignatures.
 
         Only signature lines may be added; the text and the log's own signatures stay as they
-        were, so the audit and every client see the same checkpoint, now cosigned.
+        were, so the audit and every client see the same checkpoint, now cosigned. It is one of
+        the last few checkpoints: where several cores share the log, another may have published
+        after this one was signed.
         """
         with self._transaction("storing witness cosignatures"):
-            latest = self._one("SELECT seq, note FROM checkpoints ORDER BY seq DESC LIMIT 1")
-            if latest is None or not note.startswith(bytes(latest[1])):
-                raise AuditError("transparency log: cosignatures must extend the latest checkpoint")
-            add_signature_lines(bytes(latest[1]), note[len(bytes(latest[1])) :])
-            self._run("UPDATE checkpoints SET note = ? WHERE seq = ?", (note, latest[0]))
+            for seq, stored in self._rows(
+                "SELECT seq, note FROM checkpoints ORDER BY seq DESC LIMIT ?", (_COSIGN_WINDOW,)
+            ):
+                signed = _blob(stored, f"checkpoint #{seq}")
+                if note.startswith(signed):
+                    add_signature_lines(signed, note[len(signed) :])
+                    self._run("UPDATE checkpoints SET note = ? WHERE seq = ?", (note, seq))
+                    return
+            raise AuditError("transparency log: cosignatures must extend a recent checkpoint")
 
     def _check_extends(self, previous: Checkpoint, *, origin: str, size: int, root: bytes) -> None:
         if previous.origin != origin:
