@@ -85,8 +85,7 @@ def test_the_command_prints_the_verifier_keys_and_one_line_errors(
     assert main(["create", "--out", str(out), "--origin", "example.org/log"]) == 0
     printed = capsys.readouterr().out
     identity = LogIdentity.load(out)
-    for signer in identity.signers:
-        assert signer.verifier().to_vkey() in printed
+    assert printed.splitlines() == [s.verifier().to_vkey() for s in identity.signers]
     assert main(["create", "--out", str(out)]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "never overwritten" in err

@@ -10,7 +10,8 @@ lease at once when the publisher dies; the lease's fence, checked by the databas
 two cores from publishing. Each core keeps its own HPKE and receipt keys in its own keystore.
 
 The file is JSON (``qward/log-identity/v1``), written 0600, read through a size limit;
-``python -m qward.protected.log_identity create --out FILE`` makes one and prints its verifier keys.
+``python -m qward.protected.log_identity create --out FILE`` makes one and prints its verifier keys
+(one a line, nothing else, on standard output).
 """
 
 from __future__ import annotations
@@ -143,10 +144,14 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         print(f"error (input_error): cannot write {args.out}: {exc.strerror}", file=sys.stderr)
         return 1
-    print(f"origin: {identity.origin}")
+    # The verifier keys alone on stdout, one a line, for witnesses' and auditors' configuration.
     for signer in identity.signers:
-        print(f"verifier key: {signer.verifier().to_vkey()}")
-    print(f"wrote {args.out} (mode 0600): give the same file to every core of this log")
+        print(signer.verifier().to_vkey())
+    print(
+        f"wrote {args.out} (mode 0600) for log {identity.origin}: give the same file to every "
+        "core of this log; its verifier keys are on standard output",
+        file=sys.stderr,
+    )
     return 0
 
 

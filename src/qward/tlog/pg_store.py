@@ -224,5 +224,10 @@ class PostgresLogStore(SQLLogStore):
 
     def notify(self, event: str) -> None:
         """Tell every core listening on this log that ``event`` happened (after commit)."""
-        with self._guard(f"notifying {event}"):
-            self._run("SELECT pg_notify(?, ?)", (NOTIFY_CHANNEL, f"{self._schema} {event}"))
+        with self._guard(f"notifying {event}"), self._db.transaction():
+            # A notification is a transaction with a commit record of its own; it is a hint,
+            # not data, so it need not wait for a flush of the write-ahead log.
+            self._run(
+                "SELECT set_config('synchronous_commit', 'off', true), pg_notify(?, ?)",
+                (NOTIFY_CHANNEL, f"{self._schema} {event}"),
+            )
