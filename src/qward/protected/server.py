@@ -32,6 +32,7 @@ from qward.framing import recv_frame, send_frame
 from qward.privileges import (
     CAP_SETGID,
     CAP_SETUID,
+    PrivilegeError,
     ServiceUser,
     drop_to,
     exit_with_parent,
@@ -350,7 +351,12 @@ def main(argv: list[str] | None = None) -> int:
         # First thing: nothing below (keystore, log, workers) runs as root.
         uid, gid = args.user
         keep = (CAP_SETUID, CAP_SETGID) if args.worker_user else ()
-        drop_to(ServiceUser(name="qward-core", uid=uid, gid=gid), keep=keep)
+        try:
+            drop_to(ServiceUser(name="qward-core", uid=uid, gid=gid), keep=keep)
+        except (PrivilegeError, OSError) as exc:
+            # Say which step failed (a missing capability, say), never run on as root.
+            print(f"qward core: cannot drop to {uid}:{gid}: {exc}", file=sys.stderr)
+            return 2
     if args.exit_with_parent:
         # A core started for one CLI command or one `qward serve` must not outlive it. After the
         # uid change: the kernel clears the parent-death signal when the uid changes.
