@@ -9,7 +9,8 @@ store checks in the publishing transaction (``Coordination`` says who holds it).
 - A request that needs a covering checkpoint (``add_published``) is sequenced at once and waits,
   unresolved, until a checkpoint of a size beyond its last index is published, by this core if it
   holds the lease, otherwise by the lease holder, whom it asks (``want_checkpoint``) and whose
-  announcement (``published``) wakes it; it also polls, in case an announcement is lost.
+  announcement (``published``, made only when someone asked) wakes it; it also polls, and asks
+  again, in case an announcement is lost.
 - The lease holder publishes when asked, when one of its own requests waits, and every
   ``checkpoint_interval`` while entries (anyone's) are uncovered. A store that refuses its fence
   (``FencedError``: the lease ran out or passed on) costs it the lease, not the log.
@@ -169,7 +170,8 @@ class SharedLogSequencer(Sequencer):
         return True
 
     def _publish(self, fence: Fence) -> None:
-        self._wanted = False
+        # Only a core that asked waits for the announcement; it asks again if it misses one.
+        asked, self._wanted = self._wanted, False
         self._last_checkpoint = self._clock()
         try:
             note = self._store.publish(
@@ -182,7 +184,8 @@ class SharedLogSequencer(Sequencer):
         if self._on_publish is not None:
             note = self._on_publish(note) or note
         self._show(note)
-        self._coordination.published()
+        if asked:
+            self._coordination.published()
 
     def _observe(self) -> None:
         note = self._store.latest_checkpoint()
