@@ -7,6 +7,7 @@ identity file made by ``qward cluster log-identity``. One of them holds the publ
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -24,6 +25,7 @@ from qward.receipts.trust import TrustBundle
 from qward.receipts.verify import Verifier
 from qward.sdk.client import Client, VerifiedRun
 from qward.sdk.core_process import CoreProcess
+from qward.tlog.note import note_signatures
 
 from conftest import example_bytes, iris_inputs
 from postgres_server import PostgresServer
@@ -181,3 +183,39 @@ def test_cores_fail_closed_while_postgres_is_down_and_recover(
                 assert time.monotonic() < deadline, f"the core did not recover: {exc}"
                 time.sleep(0.5)
         assert run.verified.bundle.index == run.log_index
+
+
+def test_witnesses_cosign_the_shared_log_for_every_core(
+    cluster: Callable[[int], CoreProcess], tmp_path: Path
+) -> None:
+    from test_witness_service import init_witnesses
+
+    from qward.protected.log_identity import LogIdentity
+    from qward.tlog.witness_policy import Quorum
+
+    identity = LogIdentity.load(Path(os.environ["QWARD_LOG_IDENTITY"]))
+    vkeys = tuple(s.verifier().to_vkey() for s in identity.signers)
+    witnesses = init_witnesses(tmp_path, 2, vkeys)
+    config = {
+        "quorum": 2,
+        "witnesses": [{"url": w.url, "keys": [k.to_vkey() for k in w.keys]} for w in witnesses],
+    }
+    for w in witnesses:
+        w.start()
+    try:
+        for n in range(2):
+            (tmp_path / f"core-{n}").mkdir(mode=0o700)
+            (tmp_path / f"core-{n}" / "witnesses.json").write_text(json.dumps(config))
+        cores = [cluster(n) for n in range(2)]
+        for core in cores:
+            assert isinstance(_trust(core).witness_policy, Quorum)
+        # Runs on both cores, the publisher's and the other's, come back with checkpoints the
+        # SDK accepts only with both witnesses' cosignatures (it pinned the 2-of-2 quorum).
+        for _ in range(3):
+            for core in cores:
+                run = _run(core)[1]
+                # Two log signatures, then two (Ed25519, ML-DSA-44) from each witness.
+                assert len(note_signatures(run.verified.bundle.checkpoint)[1]) == 2 + 2 * 2
+    finally:
+        for w in witnesses:
+            w.stop()

@@ -232,7 +232,7 @@ class _StaleCoordination:
     def want_checkpoint(self) -> None:
         self.wanted += 1
 
-    def published(self) -> None:
+    def published(self, size: int) -> None:
         raise AssertionError("a fenced publisher announced a checkpoint")
 
     def close(self) -> None:
@@ -266,3 +266,34 @@ def test_a_stale_publisher_is_fenced_and_keeps_appending(
     finally:
         stale.close(timeout=30)
         store.close()
+
+
+def test_a_checkpoint_waiting_for_its_witnesses_is_handed_out_only_once_announced(
+    pg_log: LogDatabase,
+) -> None:
+    # The publisher (here a bare store holding the lease) has stored a checkpoint but not yet
+    # collected its cosignatures: a core that only sees it in the store must not hand it out.
+    with _open(pg_log) as publisher:
+        fence = publisher.acquire_lease("publisher", ttl=30.0)
+        assert fence is not None
+        store = _open(pg_log)
+        follower = SharedLogSequencer(
+            store=store,
+            origin=ORIGIN,
+            signers=SIGNERS,
+            coordination=PostgresCoordination(store, holder="follower", ttl=30.0),
+            poll_interval=0.02,
+            ready=lambda note: False,
+        )
+        try:
+            waiting = follower.add_published([b"needs a cosigned checkpoint"])
+            _wait_for(lambda: publisher.sequenced_size() == 1)
+            note = publisher.publish(origin=ORIGIN, signers=SIGNERS, integrate=True, fence=fence)
+            time.sleep(0.3)
+            assert not waiting.done(), "an unannounced checkpoint was handed out"
+            publisher.notify(f"published {note_checkpoint(note).size}")
+            (index,), handed = waiting.result(timeout=10)
+            assert index == 0 and handed == note
+        finally:
+            follower.close(timeout=30)
+            store.close()

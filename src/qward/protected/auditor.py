@@ -92,7 +92,12 @@ class Auditor:
             checkpoint_interval=_BACKSTOP_INTERVAL,
             on_publish=self._published,
             on_observe=self._observed,
+            ready=self._cosigned,
         )
+
+    def _cosigned(self, note: bytes) -> bool:
+        """Whether ``note``, read from the shared store, has been through the witnesses."""
+        return self._witnesses is None or len(note_signatures(note)[1]) > len(self._signers)
 
     def _live(self) -> Sequencer:
         """The sequencer; if it failed, a new one over a reopened store (at most once a second).

@@ -90,9 +90,9 @@ class PostgresCoordination:
         """Ask the publisher for a checkpoint."""
         self._notify("wanted")
 
-    def published(self) -> None:
-        """Announce a new checkpoint to the other cores."""
-        self._notify("published")
+    def published(self, size: int) -> None:
+        """Announce the checkpoint of ``size`` (stored with its cosignatures) to the others."""
+        self._notify(f"published {size}")
 
     def close(self) -> None:
         """Stop both threads and release the lease if this core holds it."""

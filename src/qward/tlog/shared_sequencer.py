@@ -51,8 +51,8 @@ class Coordination(Protocol):
         """Ask the publisher for a checkpoint covering what this process sequenced."""
         ...
 
-    def published(self) -> None:
-        """Tell the other processes that a new checkpoint is stored."""
+    def published(self, size: int) -> None:
+        """Tell the other processes that the checkpoint of ``size`` is stored, cosigned."""
         ...
 
     def close(self) -> None:
@@ -83,6 +83,7 @@ class SharedLogSequencer(Sequencer):
         close_grace: float = 10.0,
         on_publish: Callable[[bytes], bytes | None] | None = None,
         on_observe: Callable[[bytes], None] | None = None,
+        ready: Callable[[bytes], bool] | None = None,
         clock: Callable[[], float] = time.monotonic,
         max_batch: int = 8192,
     ) -> None:
@@ -90,6 +91,10 @@ class SharedLogSequencer(Sequencer):
         self._poll = poll_interval
         self._grace = close_grace
         self._on_observe = on_observe
+        # Whether a checkpoint read from the store may be handed out before the publisher
+        # announced it (say, once it carries witness cosignatures); announced ones always may.
+        self._ready = ready or (lambda note: True)
+        self._announced = 0
         # Only the loop thread touches these, but ``_fail`` may read ``_waiting`` from it too.
         self._waiting: list[_Waiting] = []
         self._wanted = False
@@ -109,9 +114,12 @@ class SharedLogSequencer(Sequencer):
 
     def _notice(self, event: str) -> None:
         """Another process published a checkpoint, or wants one: look at once."""
-        if event == "published":
+        kind, _, size = event.partition(" ")
+        if kind == "published":
+            if size.isdigit():
+                self._announced = max(self._announced, int(size))
             self._seen = True
-        elif event == "wanted":
+        elif kind == "wanted":
             self._wanted = True
         self._poke()
 
@@ -185,11 +193,15 @@ class SharedLogSequencer(Sequencer):
             note = self._on_publish(note) or note
         self._show(note)
         if asked:
-            self._coordination.published()
+            self._coordination.published(note_checkpoint(note).size)
 
     def _observe(self) -> None:
         note = self._store.latest_checkpoint()
-        if note is not None and note_checkpoint(note).size > self._published_size:
+        if note is None:
+            return
+        size = note_checkpoint(note).size
+        # Stored, a checkpoint may still be waiting for its witnesses' cosignatures.
+        if size > self._published_size and (size <= self._announced or self._ready(note)):
             if self._on_observe is not None:
                 self._on_observe(note)
             self._show(note)
