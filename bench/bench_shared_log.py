@@ -115,7 +115,7 @@ def _writer(kind: str, dsn: str, seconds: float, holder: str) -> None:
 
 def _appends(server: PostgresServer, kind: str, cores: int, seconds: float) -> float:
     """Aggregate acknowledged appends/s of ``cores`` writer processes on one fresh log."""
-    dsn = _fresh_schema(server)
+    dsn = server.dsn(_fresh_schema(server))
     processes = [
         subprocess.Popen(
             [sys.executable, __file__, "--writer", kind, dsn, str(seconds), f"core-{n}"],
@@ -141,12 +141,10 @@ def _appends(server: PostgresServer, kind: str, cores: int, seconds: float) -> f
 
 
 def _fresh_schema(server: PostgresServer) -> str:
-    import psycopg
-
+    """The name of a new, empty schema on ``server``: one log per measurement."""
     schema = f"bench_{os.getpid()}_{next(_schemas)}"
-    with psycopg.connect(server.dsn(), autocommit=True) as admin:
-        admin.execute(f"CREATE SCHEMA {schema}")
-    return server.dsn(schema)
+    server.url(schema)  # creates it
+    return schema
 
 
 # -- attested runs: real cores -------------------------------------------------------------------
@@ -159,11 +157,7 @@ def _runs(
     env_before = dict(os.environ)
     try:
         if server is not None:
-            import psycopg
-
-            schema = f"bench_{os.getpid()}_{next(_schemas)}"
-            with psycopg.connect(server.dsn(), autocommit=True) as admin:
-                admin.execute(f"CREATE SCHEMA {schema}")
+            schema = _fresh_schema(server)
             identity = directory / f"identity-{schema}.json"
             subprocess.run(
                 [sys.executable, "-m", "qward", "cluster", "log-identity", "--out", str(identity)],
