@@ -46,7 +46,10 @@ _STAGES = (
     ("qward.decrypt", "crypto: HPKE open of the input"),
     ("qward.run", "worker: sandboxed run over the pipe"),
     ("qward.sign", "crypto: receipt signature (per-receipt only)"),
-    ("qward.log.append_publish", "storage+crypto: receipt entry, checkpoint signature, fsync"),
+    (
+        "qward.log.append_publish",
+        "storage+crypto: receipt entry, its covering checkpoint (gathering, signature), fsync",
+    ),
 )
 
 

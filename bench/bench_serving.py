@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import socket
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -122,6 +124,14 @@ def _register(url: str, auth: dict[str, str], model: bytes | None) -> str:
     return "bench"
 
 
+def _checkpoints(state: Path) -> int:
+    """How many checkpoints the core's log holds (read-only: the core keeps writing)."""
+    with contextlib.closing(
+        sqlite3.connect(f"file:{state / 'log.sqlite'}?mode=ro", uri=True)
+    ) as db:
+        return int(db.execute("SELECT COUNT(*) FROM checkpoints").fetchone()[0])
+
+
 def _stop(*procs: subprocess.Popen[bytes]) -> None:
     for proc in procs:
         proc.terminate()
@@ -207,7 +217,7 @@ def main() -> None:
                     ("plain", plain_url, {}, plain),
                     ("qward", qward_url, auth, served),
                 ):
-                    before = cpu_seconds(proc.pid)
+                    before, signed = cpu_seconds(proc.pid), _checkpoints(state)
                     latencies = asyncio.run(
                         _load(
                             f"{url}/v2/models/{names[name]}/infer",
@@ -219,6 +229,12 @@ def main() -> None:
                     )
                     results[name] = _report(name, latencies, args.seconds)
                     print_cpu(name, before, cpu_seconds(proc.pid), len(latencies))
+                    if name == "qward":
+                        signatures = max(1, _checkpoints(state) - signed)
+                        print(
+                            f"  qward receipts per checkpoint signature: "
+                            f"{len(latencies) / signatures:.1f}"
+                        )
                 (plain_rate, plain_p99), (ours, our_p99) = results["plain"], results["qward"]
                 ratios.append((ours / plain_rate, our_p99 / plain_p99))
                 print(f"  qward/plain throughput {ratios[-1][0]:.2f}x, p99 {ratios[-1][1]:.2f}x")

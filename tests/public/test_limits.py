@@ -110,6 +110,44 @@ def test_concurrent_inference_limit_answers_503_with_retry_after(
         stop_app(proc)  # type: ignore[arg-type]
 
 
+async def _burst_with(app: App, n: int, body: bytes, headers: dict[str, str]) -> list[int]:
+    async with httpx.AsyncClient(timeout=60) as client:
+        replies = await asyncio.gather(
+            *(
+                client.post(
+                    app.url + "/v2/models/iris/infer",
+                    content=body,
+                    headers={**app.auth("admin"), **headers},
+                )
+                for _ in range(n)
+            )
+        )
+    for reply in replies:
+        if reply.status_code == 503:
+            assert "2 large inferences are running" in reply.json()["error"]
+    return [r.status_code for r in replies]
+
+
+def test_requests_that_may_be_large_have_fewer_slots_than_small_ones(
+    core_state: tuple[Path, str],
+) -> None:
+    app, proc = _app(
+        core_state,
+        max_concurrent_inferences=64,
+        max_large_inferences=2,
+        inference_queue_timeout=0.01,
+    )
+    try:
+        # Compressed, the same request may inflate to the body limit: it takes a large slot.
+        compressed = asyncio.run(
+            _burst_with(app, 24, gzip.compress(_iris()), {"Content-Encoding": "gzip"})
+        )
+        assert 503 in compressed and 200 in compressed, compressed
+        assert asyncio.run(_burst_with(app, 24, _iris(), {})) == [200] * 24
+    finally:
+        stop_app(proc)  # type: ignore[arg-type]
+
+
 def test_oversized_request_header_is_an_input_error_not_core_unavailable(
     core_state: tuple[Path, str],
 ) -> None:

@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, mldsa
 
 from qward.errors import AuditError, InputError
 from qward.tlog.audit import verify_log
-from qward.tlog.backend import LogBackend, note_checkpoint
+from qward.tlog.backend import MAX_ENTRY_BYTES, LogBackend, note_checkpoint
 from qward.tlog.merkle import leaf_hash, verify_inclusion
 from qward.tlog.note import Ed25519NoteSigner, MLDSA44NoteSigner, NoteSigner
 from qward.tlog.sequencer import Sequencer
@@ -252,7 +252,12 @@ def test_a_new_sequencer_covers_what_a_crashed_one_left(store: LogBackend) -> No
 
 
 def test_bad_settings_are_input_errors(store: LogBackend) -> None:
-    for options in ({"max_batch": 0}, {"max_delay": -1}, {"checkpoint_interval": -1}):
+    for options in (
+        {"max_batch": 0},
+        {"max_delay": -1},
+        {"checkpoint_interval": -1},
+        {"publish_gather": -1},
+    ):
         with pytest.raises(InputError):
             start(store, **options)
     with pytest.raises(InputError):
@@ -314,3 +319,124 @@ def test_a_batch_is_fsynced_unless_every_request_in_it_waived_it(store: LogBacke
         wrapped.release.set()
         assert [f.result(timeout=10) for f in (first, relaxed, strict)] == [[0], [1], [2]]
     assert wrapped.calls == [1, 2] and wrapped.durable == [False, True]
+
+
+def _gathering(sequencer: Sequencer) -> bool:
+    """Whether the loop waits for an announced request (white-box: its one flag)."""
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        if sequencer._gathering:
+            return True
+        time.sleep(0.005)
+    return False
+
+
+def test_an_announced_request_shares_the_checkpoint_signed_while_it_ran(
+    store: LogBackend,
+) -> None:
+    published: list[bytes] = []
+    with start(
+        store, checkpoint_interval=60, publish_gather=30, on_publish=published.append
+    ) as sequencer:
+        ticket = sequencer.expect_publish()
+        early = sequencer.add_published([entry(0)])
+        assert _gathering(sequencer)
+        assert not early.done()
+        started = time.monotonic()
+        late = sequencer.add_published([entry(1)], ticket=ticket)
+        (first, note), (second, other) = early.result(timeout=10), late.result(timeout=10)
+        # The wait ended as the announced request came, not at the 30 s bound.
+        assert time.monotonic() - started < 10
+    assert (first, second) == ([0], [1]) and note == other
+    assert published == [note] and note_checkpoint(note).size == 2
+
+
+def test_a_lone_request_never_waits_for_a_gathering(store: LogBackend) -> None:
+    with start(store, checkpoint_interval=60, publish_gather=30) as sequencer:
+        started = time.monotonic()
+        indices, note = sequencer.add_published([entry(0)]).result(timeout=10)
+        assert time.monotonic() - started < 10
+        assert indices == [0] and note_checkpoint(note).size == 1
+
+
+def test_a_withdrawn_announcement_ends_the_wait(store: LogBackend) -> None:
+    with start(store, checkpoint_interval=60, publish_gather=30) as sequencer:
+        ticket = sequencer.expect_publish()
+        waiting = sequencer.add_published([entry(0)])
+        assert _gathering(sequencer) and not waiting.done()
+        ticket.release()
+        ticket.release()  # twice is harmless: the count is not taken below zero
+        assert waiting.result(timeout=10)[0] == [0]
+        # Nothing is announced any more: the next request is published without a wait.
+        started = time.monotonic()
+        assert sequencer.add_published([entry(1)]).result(timeout=10)[0] == [1]
+        assert time.monotonic() - started < 10
+
+
+def test_the_wait_for_announced_requests_is_bounded(store: LogBackend) -> None:
+    with start(store, checkpoint_interval=60, publish_gather=0.2) as sequencer:
+        ticket = sequencer.expect_publish()
+        started = time.monotonic()
+        assert sequencer.add_published([entry(0)]).result(timeout=10)[0] == [0]
+        assert 0.2 <= time.monotonic() - started < 5
+        ticket.release()
+
+
+def test_entries_that_need_no_checkpoint_are_not_held_by_a_gathering(store: LogBackend) -> None:
+    published: list[bytes] = []
+    with start(
+        store, checkpoint_interval=60, publish_gather=30, on_publish=published.append
+    ) as sequencer:
+        ticket = sequencer.expect_publish()
+        receipt = sequencer.add_published([entry(0)])
+        assert _gathering(sequencer)
+        # The announced run may be waiting for exactly this record (its key use) to go on.
+        assert sequencer.add_many([entry(1)], durable=False).result(timeout=10) == [1]
+        assert not receipt.done()
+        late = sequencer.add_published([entry(2)], ticket=ticket)
+        assert receipt.result(timeout=10) == ([0], published[0])
+        assert late.result(timeout=10) == ([2], published[0])
+    assert len(published) == 1 and note_checkpoint(published[0]).size == 3
+
+
+def test_an_invalid_announced_request_releases_its_ticket(store: LogBackend) -> None:
+    with start(store, checkpoint_interval=60, publish_gather=30) as sequencer:
+        ticket = sequencer.expect_publish()
+        with pytest.raises(AuditError, match="over"):
+            sequencer.add_published([bytes(MAX_ENTRY_BYTES + 1)], ticket=ticket)
+        started = time.monotonic()
+        assert sequencer.add_published([entry(0)]).result(timeout=10)[0] == [0]
+        assert time.monotonic() - started < 10
+
+
+def test_a_failure_after_gathering_fails_every_gathered_request(store: LogBackend) -> None:
+    wrapped = Wrapped(store)
+    sequencer = start(wrapped, checkpoint_interval=60, publish_gather=30)
+    ticket = sequencer.expect_publish()
+    early = sequencer.add_published([entry(0)])
+    assert _gathering(sequencer)
+    wrapped.failure = OSError("disk gone")
+    late = sequencer.add_published([entry(1)], ticket=ticket)
+    for future in (early, late):
+        with pytest.raises(AuditError, match="disk gone"):
+            future.result(timeout=10)
+    with pytest.raises(AuditError):
+        sequencer.close(timeout=10)
+    # The first entry was sequenced, never acknowledged: it is in the log, promised to no one.
+    assert store.sequenced_size() == 1 and store.latest_checkpoint() is None
+
+
+def test_a_cancelled_request_is_not_waited_for(store: LogBackend) -> None:
+    wrapped = Wrapped(store)
+    wrapped.release.clear()
+    with start(wrapped, checkpoint_interval=60, publish_gather=30) as sequencer:
+        first = sequencer.add(entry(0))
+        assert wrapped.entered.wait(5)
+        cancelled = sequencer.add_published([entry(1)])
+        assert cancelled.cancel()
+        wrapped.release.set()
+        assert first.result(timeout=10) == 0
+        # Nothing announced is still to come: the next receipt is published without a wait.
+        started = time.monotonic()
+        assert sequencer.add_published([entry(2)]).result(timeout=10)[0] == [1]
+        assert time.monotonic() - started < 10

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -15,7 +15,13 @@ from qward.tlog import merkle
 from qward.tlog.audit import verify_log
 from qward.tlog.backend import LogBackend
 from qward.tlog.checkpoint import Checkpoint
-from qward.tlog.note import Ed25519NoteSigner, MLDSA44NoteSigner, open_note
+from qward.tlog.note import (
+    Ed25519NoteSigner,
+    MLDSA44NoteSigner,
+    NoteSigner,
+    NoteVerifier,
+    open_note,
+)
 from qward.tlog.store import MAX_ENTRY_BYTES, SQLiteLogStore
 
 from .conftest import LogDatabase, PostgresServer
@@ -214,7 +220,17 @@ def test_sqlite_is_durable_by_configuration(path: Path) -> None:
     with SQLiteLogStore.open(path) as store:
         with sqlite3.connect(path) as raw:
             assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert store._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+        level = "PRAGMA synchronous"
+        # A durable commit is made with FULL (an fsync of the write-ahead log); the rest with
+        # NORMAL, flushed by the next FULL one.
+        with store._write(durable=True):
+            assert store._db.execute(level).fetchone()[0] == 2  # FULL
+        with store._write(durable=False):
+            assert store._db.execute(level).fetchone()[0] == 1  # NORMAL
+        assert store._db.execute(level).fetchone()[0] == 1
+        with pytest.raises(RuntimeError), store._write(durable=True):
+            raise RuntimeError("a failed durable transaction leaves the resting level")
+        assert store._db.execute(level).fetchone()[0] == 1
 
 
 def test_postgres_is_durable_by_configuration(postgres_server: PostgresServer) -> None:
@@ -317,3 +333,90 @@ def test_concurrent_sequencing_assigns_unique_consecutive_indices(store: LogBack
     assert indices == list(range(80))
     assert all(batch[1] == batch[0] + 1 for batch in results)
     assert store.integrate()[0] == 80
+
+
+class MeddlingSigner:
+    """A real signer that, while it signs (outside any transaction), lets ``meddle`` change the
+    log, the way another writer could between a publish's reads and its commit."""
+
+    def __init__(self, signer: NoteSigner, meddle: Callable[[], None], times: int) -> None:
+        self._signer = signer
+        self._meddle = meddle
+        self.left = times
+
+    @property
+    def name(self) -> str:
+        return self._signer.name
+
+    @property
+    def key_id(self) -> bytes:
+        return self._signer.key_id
+
+    @property
+    def algorithm(self) -> int:
+        return self._signer.algorithm
+
+    def sign(self, message: bytes) -> bytes:
+        if self.left > 0:
+            self.left -= 1
+            self._meddle()
+        return self._signer.sign(message)
+
+    def verifier(self) -> NoteVerifier:
+        return self._signer.verifier()
+
+
+def test_a_publish_starts_again_if_the_tree_grew_while_it_signed(store: LogBackend) -> None:
+    grow(store, [3])
+
+    def integrate_one_more() -> None:
+        store.sequence([entry(store.sequenced_size())])
+        store.integrate()
+
+    meddling = MeddlingSigner(SIGNERS[0], integrate_one_more, times=1)
+    store.sequence([entry(3)])
+    note = store.publish(origin=ORIGIN, signers=(meddling, SIGNERS[1]), integrate=True)
+    # The first signature was for size 4; the tree had grown to 5 by the time it was stored,
+    # so nothing was stored and the checkpoint was made again for the larger tree.
+    assert checkpoint_of(note).size == 5 == store.size() and meddling.left == 0
+    assert [checkpoint_of(n).size for n in store.checkpoints()] == [3, 5]
+    verify_log(store, origin=ORIGIN, verifiers=VERIFIERS)
+
+
+def test_a_publish_gives_up_if_the_log_keeps_changing_while_it_signs(
+    store: LogBackend,
+) -> None:
+    grow(store, [2])
+
+    def publish_another() -> None:
+        store.sequence([entry(store.sequenced_size())])
+        store.publish(origin=ORIGIN, signers=SIGNERS, integrate=True)
+        store.sequence([entry(store.sequenced_size())])
+
+    meddling = MeddlingSigner(SIGNERS[0], publish_another, times=10)
+    store.sequence([entry(2)])
+    with pytest.raises(AuditError, match="kept changing"):
+        store.publish(origin=ORIGIN, signers=(meddling, SIGNERS[1]), integrate=True)
+    # Only the meddler's own checkpoints were stored; the log is whole and pinned.
+    assert [checkpoint_of(n).size for n in store.checkpoints()] == [2, 4, 6, 8]
+    verify_log(store, origin=ORIGIN, verifiers=VERIFIERS)
+
+
+def test_a_publish_leaves_no_tree_beyond_its_checkpoint_when_signing_fails(
+    store: LogBackend,
+) -> None:
+    grow(store, [2])
+    store.sequence([entry(2), entry(3)])
+
+    def fail() -> None:
+        raise OSError("the signing key is unavailable")
+
+    with pytest.raises(OSError):
+        store.publish(
+            origin=ORIGIN, signers=(MeddlingSigner(SIGNERS[0], fail, 1), SIGNERS[1]), integrate=True
+        )
+    # The new leaves were not integrated on their own: the tree still ends at its checkpoint,
+    # so the audit passes, and the next publish covers them.
+    assert store.size() == 2
+    verify_log(store, origin=ORIGIN, verifiers=VERIFIERS)
+    assert checkpoint_of(store.publish(origin=ORIGIN, signers=SIGNERS, integrate=True)).size == 4

@@ -21,7 +21,7 @@ from qward.tlog.layout import (
     tile_width_at,
 )
 from qward.tlog.note import NoteSigner, note_signatures
-from qward.tlog.sequencer import Sequencer
+from qward.tlog.sequencer import PublishTicket, Sequencer
 from qward.tlog.shared_sequencer import Coordination, SharedLogSequencer
 from qward.tlog.witness_client import WitnessClient
 
@@ -31,6 +31,10 @@ _APPEND_TIMEOUT = 30.0
 _T = TypeVar("_T")
 _BACKSTOP_INTERVAL = 1.0
 _RESTART_INTERVAL = 1.0
+# The longest a checkpoint about to be signed waits for receipts announced but not yet queued. A
+# run announces its receipt once its model has run, so the wait is for a receipt body and its
+# append: well under a millisecond on an idle core; the bound matters only when it is saturated.
+_PUBLISH_GATHER = 0.004
 
 
 class Auditor:
@@ -38,9 +42,9 @@ class Auditor:
 
     ``record`` returns only after the entries are committed; callers perform the audited action
     after it returns, so an action without a record cannot happen. ``record_covered`` sequences
-    entries and publishes a checkpoint covering them in the same batch: its return is durable.
+    entries and returns once a checkpoint covering them is published: its return is durable.
     ``commit`` publishes a checkpoint covering everything sequenced so far. Every checkpoint is
-    published by the sequencer's thread, so concurrent requests share one (group commit).
+    published by the sequencer (its publisher thread), so concurrent requests share one.
 
     With ``coordination`` the log is shared with other cores (``SharedLogSequencer``): only the
     holder of the publisher lease publishes, and the others hand out its checkpoints. With
@@ -82,6 +86,7 @@ class Auditor:
                 origin=self._origin,
                 signers=self._signers,
                 checkpoint_interval=_BACKSTOP_INTERVAL,
+                publish_gather=_PUBLISH_GATHER,
                 on_publish=self._published,
             )
         return SharedLogSequencer(
@@ -142,13 +147,20 @@ class Auditor:
         ):
             return self._wait(self._live().add_many(entries, durable=durable))
 
-    def record_covered(self, entries: Sequence[bytes]) -> tuple[list[int], bytes, Checkpoint]:
+    def expect_publish(self) -> PublishTicket:
+        """Announce a ``record_covered`` call to come (see ``Sequencer.expect_publish``): a
+        checkpoint signed meanwhile waits briefly for it, so concurrent runs share one."""
+        return self._live().expect_publish()
+
+    def record_covered(
+        self, entries: Sequence[bytes], *, ticket: PublishTicket | None = None
+    ) -> tuple[list[int], bytes, Checkpoint]:
         """Sequence ``entries`` and publish a (cosigned) checkpoint covering them, durably;
         returns their indices, the signed note and its parsed body."""
         with tracer().start_as_current_span(
             "qward.log.append_publish", attributes={"qward.entries": len(entries)}
         ):
-            indices, note = self._wait(self._live().add_published(entries))
+            indices, note = self._wait(self._live().add_published(entries, ticket=ticket))
         return indices, note, note_checkpoint(note)
 
     def commit(self, *, covering: int | None = None) -> tuple[bytes, Checkpoint]:
@@ -172,7 +184,7 @@ class Auditor:
             raise AuditError(f"the transparency log refused the entry: {why}") from None
 
     def _published(self, note: bytes) -> bytes:
-        """Every new checkpoint, in the sequencer's thread: cosigned before anyone sees it."""
+        """Every new checkpoint, in a sequencer thread: cosigned before anyone sees it."""
         note = self._cosign(note)
         self._observed(note)
         return note
@@ -189,7 +201,7 @@ class Auditor:
     def add_listener(self, listener: Callable[[bytes], None]) -> None:
         """Call ``listener(note)`` with every newly published (cosigned) checkpoint note.
 
-        It runs in the sequencer's thread, so it must only hand the note over, never block.
+        It runs in a sequencer thread, so it must only hand the note over, never block.
         """
         self._listeners.append(listener)
 

@@ -266,16 +266,22 @@ class ModelRegistry:
         self, entry: ModelEntry, open_model: Callable[[bytes], bytes]
     ) -> Iterator[WorkerProcess]:
         """Lend an idle live worker for one request, waiting if all are busy."""
+        # The pool is checked (each worker's liveness is a system call) only when it is short,
+        # unloaded, or a dead worker turned up; a live, full pool lends at once.
+        check = entry.unloaded or len(entry.pool) < self._workers_per_model
         while True:
-            self.ensure_workers(entry, open_model)
+            if check:
+                self.ensure_workers(entry, open_model)
             worker = entry.idle.get()
             if worker.alive:
                 break
+            check = True
         try:
             yield worker
         finally:
-            if worker.alive:
-                entry.idle.put(worker)
+            # Returned even if it died (killed at a deadline, say): whoever takes it next finds
+            # it dead and tops the pool up, so no borrower waits for a worker that is gone.
+            entry.idle.put(worker)
 
     def unload(self, entry: ModelEntry) -> None:
         """Stop the entry's workers; runs are refused until the model is registered again."""

@@ -72,6 +72,7 @@ from qward.receipts.verify import VerifiedReceipt, Verifier
 from qward.runtime.llm_profile import GGUF_CONTENT_TYPE
 from qward.runtime.model_checks import check_model_bytes
 from qward.tensors import Tensor, decode_tensors, encode_tensors, tensors_digest
+from qward.tlog.sequencer import PublishTicket
 from qward.tlog.witness_policy import WitnessPolicy
 
 __all__ = ["INPUT_CONTENT_TYPE", "MODEL_CONTENT_TYPE", "CoreService", "Reply"]
@@ -436,19 +437,28 @@ class CoreService:
             if access and not isinstance(exc, AuditError):
                 self._auditor.record(access, durable=False)
             raise
-        body = self._receipt_body(
-            entry,
-            worker.info,
-            inputs,
-            outputs,
-            seed=seed,
-            parameters=parameters,
-            request_id=request_id,
-            record=record,
-        )
-        return self._issue(body, request_id), encode_tensors(outputs)
+        # The model has run: its receipt comes next, so a checkpoint signed meanwhile waits for
+        # it (briefly), and concurrent runs share one signature. Announcing any earlier would
+        # hold checkpoints for runs still in a slow model.
+        ticket = self._auditor.expect_publish()
+        try:
+            body = self._receipt_body(
+                entry,
+                worker.info,
+                inputs,
+                outputs,
+                seed=seed,
+                parameters=parameters,
+                request_id=request_id,
+                record=record,
+            )
+            return self._issue(body, request_id, ticket), encode_tensors(outputs)
+        finally:
+            ticket.release()
 
-    def _issue(self, body: dict[str, Any], request_id: str) -> dict[str, Any]:
+    def _issue(
+        self, body: dict[str, Any], request_id: str, ticket: PublishTicket | None = None
+    ) -> dict[str, Any]:
         """Sign ``body`` (per-receipt signing only), log it and publish a checkpoint covering it,
         in one durable batch: the reply naming the receipt."""
         signature = None
@@ -464,7 +474,9 @@ class CoreService:
                 signature = self._keys.receipt_signer.sign(
                     canonical_json(body), context=SIGNING_CONTEXT
                 )
-        (index,), note, checkpoint = self._auditor.record_covered([receipt_entry(body, signature)])
+        (index,), note, checkpoint = self._auditor.record_covered(
+            [receipt_entry(body, signature)], ticket=ticket
+        )
         bundle = ReceiptBundle(
             body=body,
             signature=signature,

@@ -99,6 +99,7 @@ def create_app(
     docs: bool = False,
     log_requires_token: bool = False,
     max_concurrent_inferences: int | None = None,
+    max_large_inferences: int | None = None,
     inference_queue_timeout: float = 2.0,
     refusal_interval: float = 10.0,
     max_refusal_sources: int = 1024,
@@ -115,8 +116,10 @@ def create_app(
     ``/metrics`` needs an auditor or admin token unless ``metrics_requires_token`` is False; the
     API schema (``/docs``, ``/redoc``, ``/openapi.json``) is served only when ``docs``; the public
     log's checkpoint and tiles are open unless ``log_requires_token``. At most
-    ``max_concurrent_inferences`` (default: twice the CPU count) V2 inferences run at once; more
-    wait up to ``inference_queue_timeout`` seconds, then are answered 503 with ``Retry-After``.
+    ``max_concurrent_inferences`` (default: 8 per CPU, at least 16) V2 inferences run at once, and
+    of those at most ``max_large_inferences`` (default: 2 per CPU) whose body may be over 256 KiB;
+    more wait up to ``inference_queue_timeout`` seconds, then are answered 503 with
+    ``Retry-After``.
     Refused calls are logged per source at most once per ``refusal_interval`` seconds plus one
     aggregate record (``max_refusal_sources`` tracked).
     Each token and each client address may make ``rate_per_*`` calls per second with bursts of
@@ -155,6 +158,7 @@ def create_app(
         )
     app.include_router(health_router(core, metrics))
     trust_source = TrustSource(core)
+    cpus = os.cpu_count() or 1
     repository = ModelRepository(model_repository) if model_repository else None
     if repository is not None:
         repository.load_all(core)
@@ -164,7 +168,8 @@ def create_app(
             trust_source,
             repository,
             runner=hot,
-            max_concurrent=max_concurrent_inferences or 2 * (os.cpu_count() or 1),
+            max_concurrent=max_concurrent_inferences or max(16, 8 * cpus),
+            max_large=max_large_inferences or 2 * cpus,
             queue_timeout=inference_queue_timeout,
         )
     )

@@ -38,6 +38,7 @@ __all__ = [
     "MAX_REQUEST_BYTES",
     "MAX_SEALED_MODEL_BYTES",
     "SEALED_MODEL_FILE",
+    "SMALL_REQUEST_BYTES",
     "ModelRepository",
     "v2_router",
 ]
@@ -53,6 +54,9 @@ MAX_JSON_DEPTH = 32
 # JSON costs several times its size to parse (bytes, str, objects); large tensors belong in the
 # binary section, which is limited by MAX_REQUEST_BYTES only.
 MAX_JSON_BYTES = 16 * 1024 * 1024
+# A request that says it is at most this long, uncompressed, is small: it is parsed on the event
+# loop (a hop to a thread costs more than the parse) and needs no large-request slot.
+SMALL_REQUEST_BYTES = 256 * 1024
 _MAX_DIMENSION = 2**31 - 1
 
 
@@ -233,6 +237,20 @@ async def _take_slot(slots: anyio.Semaphore, timeout: float) -> bool:
     return False
 
 
+def _is_small(request: Request) -> bool:
+    """Whether the request declares a body of at most ``SMALL_REQUEST_BYTES``, uncompressed
+    (the declared length is enforced while the body is read)."""
+    length = request.headers.get("content-length", "")
+    encoding = request.headers.get("content-encoding", "identity").lower()
+    return encoding == "identity" and length.isdigit() and int(length) <= SMALL_REQUEST_BYTES
+
+
+def _busy(what: str) -> JSONResponse:
+    return JSONResponse(
+        {"error": f"server busy: {what}; retry"}, status_code=503, headers={"Retry-After": "1"}
+    )
+
+
 def _wants_binary(doc: dict[str, Any], name: str) -> bool:
     for requested in doc.get("outputs") or []:
         if isinstance(requested, dict) and requested.get("name") == name:
@@ -331,17 +349,21 @@ def v2_router(
     repository: ModelRepository | None = None,
     *,
     runner: AsyncCoreClient,
-    max_concurrent: int = 8,
+    max_concurrent: int = 16,
+    max_large: int = 4,
     queue_timeout: float = 2.0,
 ) -> APIRouter:
     """The V2 routes over ``core``; models are addressed by the name they were registered under.
 
     Inferences go through ``runner``, which awaits the core without a thread per request. At most
-    ``max_concurrent`` run at once; the rest wait up to ``queue_timeout`` seconds before their
-    body is read, then are answered 503 with ``Retry-After``, so a flood cannot pile up memory.
+    ``max_concurrent`` run at once, and of those at most ``max_large`` whose body may be large
+    (over ``SMALL_REQUEST_BYTES``, compressed, or of unknown length); the rest wait up to
+    ``queue_timeout`` seconds before their body is read, then are answered 503 with
+    ``Retry-After``, so a flood cannot pile up memory.
     """
     router = APIRouter(prefix="/v2", tags=["open-inference-protocol-v2"])
     slots = anyio.Semaphore(max_concurrent)
+    large_slots = anyio.Semaphore(max(1, min(max_large, max_concurrent)))
 
     def model(name: str) -> dict[str, Any]:
         for entry in core.models():
@@ -428,18 +450,23 @@ def v2_router(
         """Attested inference; the receipt comes back in the response parameters."""
         # A request waits a little for a slot (before its body is read, so waiting is cheap),
         # then is told to come back: a burst is smoothed, a flood is refused.
+        small = _is_small(request)
+        deadline = anyio.current_time() + queue_timeout
         if not await _take_slot(slots, queue_timeout):
-            return JSONResponse(
-                {"error": f"server busy: {max_concurrent} inferences are running; retry"},
-                status_code=503,
-                headers={"Retry-After": "1"},
-            )
+            return _busy(f"{max_concurrent} inferences are running")
         try:
-            return await _infer(request, name)
+            if small:
+                return await _infer(request, name, small=True)
+            if not await _take_slot(large_slots, max(0.0, deadline - anyio.current_time())):
+                return _busy(f"{max_large} large inferences are running")
+            try:
+                return await _infer(request, name, small=False)
+            finally:
+                large_slots.release()
         finally:
             slots.release()
 
-    async def _infer(request: Request, name: str) -> Response:
+    async def _infer(request: Request, name: str, *, small: bool) -> Response:
         chunks, size = [], 0
         async for chunk in request.stream():
             size += len(chunk)
@@ -448,10 +475,14 @@ def v2_router(
             chunks.append(chunk)
         encoding = request.headers.get("content-encoding", "").lower()
         header_length = request.headers.get(_HEADER_LENGTH)
-        # Inflating and parsing are CPU-bound: a worker thread keeps the event loop answering.
-        doc, inputs = await anyio.to_thread.run_sync(
-            _parse_request, b"".join(chunks), encoding, header_length
-        )
+        if small and size <= SMALL_REQUEST_BYTES:
+            doc, inputs = _parse_request(b"".join(chunks), encoding, header_length)
+        else:
+            # Inflating and parsing large bodies is CPU-bound: a worker thread keeps the event
+            # loop answering.
+            doc, inputs = await anyio.to_thread.run_sync(
+                _parse_request, b"".join(chunks), encoding, header_length
+            )
         params = dict(doc.get("parameters") or {})
         seed = params.get("seed", 0)
         if not isinstance(seed, int) or isinstance(seed, bool):

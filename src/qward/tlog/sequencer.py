@@ -10,10 +10,15 @@
    entry is durable, and an entry whose future did not resolve was never promised. A batch in
    which every request was added with ``durable=False`` commits without the fsync (it survives a
    crash of the process; the next durable commit makes it survive power loss too).
-3. If a request in the batch was added with ``add_published``, publish a checkpoint covering the
-   batch at once (its commit is the batch's fsync: the sequencing commit skips its own), pass it
-   through ``on_publish`` (witness cosignatures) and resolve those requests with their indices and
-   the checkpoint. Concurrent requests so share one transaction and one checkpoint signature.
+3. Requests added with ``add_published`` go, once their entries are sequenced (without an fsync
+   of their own), to a second thread, the publisher, which publishes a checkpoint covering them
+   (its commit is their fsync), passes it through ``on_publish`` (witness cosignatures) and
+   resolves them with their indices and the checkpoint. Concurrent requests so share one
+   checkpoint signature, and the loop goes on sequencing while one is signed. With
+   ``publish_gather``, the publisher first waits up to that long for the requests announced with
+   ``expect_publish`` that have not reached it yet (PostgreSQL's ``commit_delay`` with
+   ``commit_siblings``, for checkpoints): under load one signature then covers many requests,
+   while a lone request, with nothing announced, never waits.
 4. When entries were acknowledged that no checkpoint covers yet, and ``checkpoint_interval`` has
    passed since the last checkpoint began, integrate and publish, so that a checkpoint covers an
    entry within about that interval plus the time to integrate and sign.
@@ -39,7 +44,24 @@ from qward.errors import AuditError, InputError
 from qward.tlog.backend import LogBackend, check_entries, note_checkpoint
 from qward.tlog.note import NoteSigner
 
-__all__ = ["Sequencer"]
+__all__ = ["PublishTicket", "Sequencer"]
+
+
+class PublishTicket:
+    """A caller's word that it will soon ask for a checkpoint (``Sequencer.expect_publish``).
+
+    Released by the ``add_published`` call it is passed to, or by ``release`` when that call
+    will not come (the run failed); releasing twice is harmless.
+    """
+
+    def __init__(self, release: Callable[[], None]) -> None:
+        self._release: Callable[[], None] | None = release
+
+    def release(self) -> None:
+        """Withdraw the announcement (idempotent)."""
+        release, self._release = self._release, None
+        if release is not None:
+            release()
 
 
 class _Request(NamedTuple):
@@ -79,11 +101,14 @@ class Sequencer:
         max_batch: int = 8192,
         max_delay: float = 0.0,
         checkpoint_interval: float = 0.5,
+        publish_gather: float = 0.0,
         on_publish: Callable[[bytes], bytes | None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if max_batch < 1 or max_delay < 0 or checkpoint_interval < 0:
-            raise InputError("sequencer: max_batch >= 1, max_delay >= 0, checkpoint_interval >= 0")
+        if max_batch < 1 or max_delay < 0 or checkpoint_interval < 0 or publish_gather < 0:
+            raise InputError(
+                "sequencer: max_batch >= 1; max_delay, checkpoint_interval and publish_gather >= 0"
+            )
         if not signers:
             raise InputError("sequencer: a log needs at least one checkpoint signer")
         self._store = store
@@ -92,16 +117,31 @@ class Sequencer:
         self._max_batch = max_batch
         self._max_delay = max_delay
         self._interval = checkpoint_interval
+        self._gather = publish_gather
         self._on_publish = on_publish
         self._clock = clock
-        # ``_queue`` guards the pending requests, the closing flag and the failure.
-        self._queue = threading.Condition()
+        # ``_lock`` guards the pending requests, the closing flag, the failure, the announcements
+        # and the hand-over to the publisher; the loop waits on ``_queue``, the publisher on
+        # ``_handoff``.
+        self._lock = threading.RLock()
+        self._queue = threading.Condition(self._lock)
+        self._handoff = threading.Condition(self._lock)
         self._pending: deque[_Request] = deque()
         self._queued = 0
         self._idle = False
         self._poked = False
         self._closing = False
         self._error: AuditError | None = None
+        # Announced ``add_published`` callers not queued yet; queued publish requests not yet
+        # handed to the publisher (counted only when it gathers); those handed over; whether
+        # the publisher waits for more.
+        self._expected = 0
+        self._awaiting = 0
+        self._handed: list[tuple[_Request, list[int]]] = []
+        self._gathering = False
+        self._publisher_done = False
+        # One checkpoint at a time: the publisher's and the loop's backstop ones.
+        self._publishing = threading.Lock()
         # ``_published`` guards the latest checkpoint, for ``wait_for_checkpoint``.
         self._published = threading.Condition()
         self._published_size = 0
@@ -110,7 +150,11 @@ class Sequencer:
         self._acknowledged = 0
         # The first checkpoint is due an interval after start, like every later one.
         self._last_checkpoint = clock()
+        self._publisher = threading.Thread(
+            target=self._publish_loop, name="qward-log-publisher", daemon=True
+        )
         self._thread = threading.Thread(target=self._run, name="qward-log-sequencer", daemon=True)
+        self._publisher.start()
         self._thread.start()
 
     # -- the writers' side -------------------------------------------------------------------
@@ -137,23 +181,51 @@ class Sequencer:
         self._enqueue(_Request(future, group, durable), len(group))
         return future
 
-    def add_published(self, entries: Sequence[bytes]) -> Future[tuple[list[int], bytes]]:
+    def add_published(
+        self, entries: Sequence[bytes], *, ticket: PublishTicket | None = None
+    ) -> Future[tuple[list[int], bytes]]:
         """Queue ``entries`` (possibly none) and a checkpoint covering them: the future resolves
-        to their indices and that checkpoint (as ``on_publish`` returned it) once it is durable."""
+        to their indices and that checkpoint (as ``on_publish`` returned it) once it is durable.
+        ``ticket`` (from ``expect_publish``) is released as the request is queued."""
         group = list(entries)
-        check_entries(group)
+        try:
+            check_entries(group)
+        except AuditError:
+            if ticket is not None:
+                ticket.release()
+            raise
         future: Future[tuple[list[int], bytes]] = Future()
-        self._enqueue(_Request(future, group, True, True), max(1, len(group)))
+        self._enqueue(_Request(future, group, True, True), max(1, len(group)), ticket)
         return future
 
-    def _enqueue(self, request: _Request, count: int) -> None:
+    def expect_publish(self) -> PublishTicket:
+        """Announce an ``add_published`` call to come, so that a checkpoint about to be signed
+        waits for it (up to ``publish_gather``); pass the ticket to that call, or release it."""
         with self._queue:
-            if self._error is not None:
-                raise self._error
-            if self._closing:
-                raise AuditError("transparency log sequencer is closed")
-            self._pending.append(request)
-            self._queued += count
+            self._expected += 1
+        return PublishTicket(self._unexpect)
+
+    def _unexpect(self) -> None:
+        with self._lock:
+            self._expected -= 1
+            if self._gathering and self._expected + self._awaiting <= 0:
+                self._handoff.notify()
+
+    def _enqueue(self, request: _Request, count: int, ticket: PublishTicket | None = None) -> None:
+        with self._queue:
+            try:
+                if self._error is not None:
+                    raise self._error
+                if self._closing:
+                    raise AuditError("transparency log sequencer is closed")
+                self._pending.append(request)
+                self._queued += count
+                if request.publish and self._gather > 0:
+                    self._awaiting += 1
+            finally:
+                if ticket is not None:
+                    # Under the lock (re-entrant): queued and withdrawn at once.
+                    ticket.release()
             # The loop only needs waking when it sleeps for lack of work or its batch is full.
             if self._idle or self._queued >= self._max_batch:
                 self._queue.notify()
@@ -213,6 +285,8 @@ class Sequencer:
                 self._latest = latest
             while True:
                 batch = self._take()
+                if self.failed:  # the publisher failed: the log is closed to every request
+                    break
                 if batch:
                     self._sequence(batch)
                 self._tick()
@@ -223,6 +297,7 @@ class Sequencer:
             # Every failure, whatever its type, must reach the waiters: the log fails closed.
             self._fail(exc, batch)
         finally:
+            self._stop_publisher()
             self._stopped()
 
     # -- hooks for a log that several processes append to (``SharedLogSequencer``) ---------
@@ -257,7 +332,9 @@ class Sequencer:
 
     def _take(self) -> list[_Request]:
         with self._queue:
-            while not self._pending and not self._closing and not self._poked:
+            while (
+                not self._pending and not self._closing and not self._poked and self._error is None
+            ):
                 timeout = self._wait_timeout()
                 if timeout == 0:
                     return []
@@ -267,31 +344,99 @@ class Sequencer:
             self._poked = False
             if self._max_delay and not self._closing and self._queued < self._max_batch:
                 self._queue.wait(self._max_delay)
-            batch: list[_Request] = []
-            taken = 0
-            while self._pending and (not batch or taken < self._max_batch):
-                request = self._pending[0]
-                size = 1 if isinstance(request.item, bytes) else max(1, len(request.item))
-                if batch and taken + size > self._max_batch:
-                    break
-                self._pending.popleft()
-                self._queued -= size
-                # After this, a caller's ``cancel`` fails, so the result can always be set.
-                if request.future.set_running_or_notify_cancel():
-                    batch.append(request)
-                    taken += size
-            return batch
+            return self._take_pending(0)
+
+    def _take_pending(self, taken: int) -> list[_Request]:
+        """Pop queued requests, up to ``max_batch`` entries with ``taken`` already in the batch
+        (at least one request when the batch is empty); the caller holds ``_queue``."""
+        batch: list[_Request] = []
+        while self._pending and ((not batch and not taken) or taken < self._max_batch):
+            request = self._pending[0]
+            size = 1 if isinstance(request.item, bytes) else max(1, len(request.item))
+            if (batch or taken) and taken + size > self._max_batch:
+                break
+            self._pending.popleft()
+            self._queued -= size
+            # After this, a caller's ``cancel`` fails, so the result can always be set.
+            if request.future.set_running_or_notify_cancel():
+                batch.append(request)
+                taken += size
+            elif request.publish and self._gather > 0:
+                self._awaiting -= 1  # cancelled: it will never reach the publisher
+        return batch
 
     def _sequence(self, batch: list[_Request]) -> None:
-        publish = any(r.publish for r in batch)
-        # With a checkpoint to publish, its commit is the fsync that covers these entries.
-        indices = self._store_batch(batch, durable=not publish and any(r.durable for r in batch))
-        note = self._checkpoint() if publish else b""
+        # Entries waiting for a checkpoint are flushed by its commit; only requests answered at
+        # once need this commit to be durable.
+        indices = self._store_batch(batch, durable=any(r.durable and not r.publish for r in batch))
+        handed: list[tuple[_Request, list[int]]] = []
         for request, mine in _shares(batch, indices):
             if request.publish:
-                request.future.set_result((mine, note))
+                handed.append((request, mine))
             else:
                 request.future.set_result(mine[0] if isinstance(request.item, bytes) else mine)
+        if handed:
+            self._hand_over(handed)
+
+    def _hand_over(self, handed: list[tuple[_Request, list[int]]]) -> None:
+        """Give sequenced ``add_published`` requests to the publisher (failed if it stopped)."""
+        with self._lock:
+            if self._gather > 0:
+                self._awaiting -= len(handed)
+            if self._error is None and not self._publisher_done:
+                self._handed.extend(handed)
+                self._handoff.notify()
+                return
+            error = self._error or AuditError("transparency log sequencer is closed")
+        for request, _ in handed:
+            with suppress(InvalidStateError):
+                request.future.set_exception(error)
+
+    # -- the publisher thread ----------------------------------------------------------------
+
+    def _publish_loop(self) -> None:
+        group: list[tuple[_Request, list[int]]] = []
+        try:
+            while True:
+                group = self._next_group()
+                if not group:
+                    return
+                note = self._checkpoint()
+                for request, mine in group:
+                    request.future.set_result((mine, note))
+                group = []
+        except BaseException as exc:
+            self._fail(exc, [request for request, _ in group])
+
+    def _next_group(self) -> list[tuple[_Request, list[int]]]:
+        """The requests to publish next (after gathering); empty when the publisher stops."""
+        with self._lock:
+            while not self._handed and not self._publisher_done and self._error is None:
+                self._handoff.wait()
+            if self._error is not None or not self._handed:
+                return []
+            if self._gather > 0:
+                deadline = time.monotonic() + self._gather
+                self._gathering = True
+                try:
+                    while (
+                        self._expected + self._awaiting > 0
+                        and not self._closing
+                        and self._error is None
+                        and (left := deadline - time.monotonic()) > 0
+                    ):
+                        self._handoff.wait(left)
+                finally:
+                    self._gathering = False
+            group, self._handed = self._handed, []
+            return group
+
+    def _stop_publisher(self) -> None:
+        """Let the publisher finish what it was handed, then stop it (from the loop thread)."""
+        with self._lock:
+            self._publisher_done = True
+            self._handoff.notify()
+        self._publisher.join()
 
     def _store_batch(self, batch: list[_Request], *, durable: bool) -> list[int]:
         """Sequence the entries of ``batch`` in one store transaction; returns their indices."""
@@ -317,6 +462,10 @@ class Sequencer:
             return until == 0 or (self._closing and not self._pending)
 
     def _checkpoint(self) -> bytes:
+        with self._publishing:
+            return self._checkpoint_locked()
+
+    def _checkpoint_locked(self) -> bytes:
         self._last_checkpoint = self._clock()
         note = self._store.publish(origin=self._origin, signers=self._signers, integrate=True)
         if self._on_publish is not None:
@@ -330,11 +479,22 @@ class Sequencer:
 
     def _fail(self, exc: BaseException, batch: list[_Request]) -> None:
         error = _as_audit_error(exc)
-        with self._queue:
-            self._error = error
-            waiting = [*batch, *self._pending, *self._unresolved()]
+        with self._lock:
+            if self._error is None:
+                self._error = error
+            error = self._error
+            waiting = [
+                *batch,
+                *self._pending,
+                *(request for request, _ in self._handed),
+                *self._unresolved(),
+            ]
             self._pending.clear()
+            self._handed.clear()
             self._queued = 0
+            self._awaiting = 0
+            self._queue.notify_all()
+            self._handoff.notify_all()
         for request in waiting:
             # A future already acknowledged, or cancelled by its caller, keeps its state.
             with suppress(InvalidStateError):

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, ClassVar, Self
 
@@ -36,6 +37,20 @@ _BATCH = 512
 _COSIGN_WINDOW = 16
 
 Row = tuple[Any, ...]
+# How often a publish starts again when the tree or the checkpoints changed while it signed.
+_PUBLISH_ATTEMPTS = 3
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Prepared:
+    """A checkpoint to sign: the tree it covers and what storing it writes."""
+
+    size: int
+    root: bytes
+    integrated: int
+    rows: list[tuple[int, int, bytes]]
+    seq: int
+    signers: str
 
 
 def _blob(value: object, what: str) -> bytes:
@@ -225,39 +240,96 @@ class SQLLogStore(ABC):
            serialized transaction as the checkpoint's insertion, so a stale publisher never
            commits one).
         1. Compute the root of the integrated tree from the stored nodes (with ``integrate``,
-           first integrate everything sequenced, in the same transaction: one commit, not two).
+           of the tree with everything sequenced integrated, whose new nodes are stored with the
+           checkpoint: the tree never grows past its latest checkpoint).
         2. If a checkpoint was published before, check it is for the same origin and that the
            tree still has its root at its size and extends it (a log MUST NOT sign a checkpoint
            inconsistent with one it signed before, c2sp.org/tlog-checkpoint "Signatures").
         3. If that checkpoint already covers this tree with these signers, return it unchanged.
         4. Otherwise sign a new checkpoint, store it under the next number, and return it.
+
+        Steps 1 to 3 only read; the signature is made outside any transaction, so appends go on
+        meanwhile; step 4 stores the new nodes and the checkpoint in one durable transaction,
+        after checking that neither the tree nor the checkpoints changed in between (then it
+        starts again).
         """
+        for _ in range(_PUBLISH_ATTEMPTS):
+            prepared = self._prepare(origin=origin, signers=signers, integrate=integrate)
+            if isinstance(prepared, bytes):
+                return prepared
+            note = sign_note(
+                Checkpoint(origin=origin, size=prepared.size, root_hash=prepared.root).to_body(),
+                signers,
+            )
+            if self._store_checkpoint(prepared, note, origin=origin, fence=fence):
+                return note
+        raise AuditError(
+            f"transparency log: the tree kept changing while a checkpoint for {origin!r} was "
+            f"signed ({_PUBLISH_ATTEMPTS} attempts)"
+        )
+
+    def _prepare(
+        self, *, origin: str, signers: Sequence[NoteSigner], integrate: bool
+    ) -> _Prepared | bytes:
+        """Steps 1 to 3: what to sign, or the latest note if it already covers the tree."""
         ids = signer_ids(signers)
-        with self._transaction(f"publishing a checkpoint for {origin!r}"):
+        with self._guard(f"publishing a checkpoint for {origin!r}"):
+            integrated = self._meta("integrated_size")
+            sequenced = self._sequenced() if integrate else integrated
+            if integrated > sequenced:
+                raise AuditError(
+                    f"transparency log: integrated size {integrated} exceeds {sequenced} entries"
+                )
+            rows = self._new_nodes(integrated, sequenced) if sequenced > integrated else []
+            fresh = {(level, index): value for level, index, value in rows}
+
+            def node(level: int, index: int) -> bytes:
+                found = fresh.get((level, index))
+                return found if found is not None else self._stored_node(level, index)
+
+            root = merkle.root_from_node_getter(sequenced, node)
+            latest = self._one(
+                "SELECT seq, signers, note FROM checkpoints ORDER BY seq DESC LIMIT 1"
+            )
+            if latest is not None:
+                previous = note_checkpoint(_blob(latest[2], f"checkpoint #{latest[0]}"))
+                self._check_extends(previous, origin=origin, size=sequenced, root=root, node=node)
+                if previous.size == sequenced and latest[1] == ids and not rows:
+                    return _blob(latest[2], f"checkpoint #{latest[0]}")
+        return _Prepared(
+            size=sequenced,
+            root=root,
+            integrated=integrated,
+            rows=rows,
+            seq=1 if latest is None else int(latest[0]) + 1,
+            signers=ids,
+        )
+
+    def _store_checkpoint(
+        self, prepared: _Prepared, note: bytes, *, origin: str, fence: Fence | None
+    ) -> bool:
+        """Step 4; False (nothing written) if the tree or the checkpoints changed meanwhile."""
+        with self._transaction(f"publishing a checkpoint for {origin!r}: storing it"):
             if fence is not None:
                 self._check_fence(fence)
-            if integrate:
-                size, root = self._integrate_locked()
-            else:
-                size = self._meta("integrated_size")
-                root = merkle.root_from_node_getter(size, self._stored_node)
-            latest = self._one("SELECT signers, note FROM checkpoints ORDER BY seq DESC LIMIT 1")
-            if latest is not None:
-                previous = note_checkpoint(bytes(latest[1]))
-                self._check_extends(previous, origin=origin, size=size, root=root)
-                if previous.size == size and latest[0] == ids:
-                    return bytes(latest[1])
-            note = sign_note(
-                Checkpoint(origin=origin, size=size, root_hash=root).to_body(), signers
-            )
-            # Numbering from the maximum inside the serialized transaction keeps the numbers
-            # dense on every database, so the audit can tell a deleted checkpoint row.
+            # Numbered after the one checked, inside the serialized transaction: the numbers stay
+            # dense, so the audit can tell a deleted checkpoint row.
+            newest = self._one("SELECT COALESCE(MAX(seq), 0) FROM checkpoints")
+            if newest is None or int(newest[0]) != prepared.seq - 1:
+                return False
+            if self._meta("integrated_size") != prepared.integrated:
+                return False
+            if prepared.rows:
+                self._insert("nodes", ("level", "idx", "hash"), prepared.rows)
+            if prepared.size != prepared.integrated:
+                self._run(
+                    "UPDATE meta SET value = ? WHERE key = 'integrated_size'", (prepared.size,)
+                )
             self._run(
-                "INSERT INTO checkpoints (seq, signers, note) VALUES "
-                "((SELECT COALESCE(MAX(seq), 0) + 1 FROM checkpoints), ?, ?)",
-                (ids, note),
+                "INSERT INTO checkpoints (seq, signers, note) VALUES (?, ?, ?)",
+                (prepared.seq, prepared.signers, note),
             )
-        return note
+        return True
 
     def add_cosignatures(self, note: bytes) -> None:
         """Replace a recent checkpoint with ``note``: the same note plus witness cosignatures.
@@ -278,7 +350,15 @@ class SQLLogStore(ABC):
                     return
             raise AuditError("transparency log: cosignatures must extend a recent checkpoint")
 
-    def _check_extends(self, previous: Checkpoint, *, origin: str, size: int, root: bytes) -> None:
+    def _check_extends(
+        self,
+        previous: Checkpoint,
+        *,
+        origin: str,
+        size: int,
+        root: bytes,
+        node: Callable[[int, int], bytes],
+    ) -> None:
         if previous.origin != origin:
             raise AuditError(
                 f"transparency log: holds checkpoints for {previous.origin!r}, not {origin!r}"
@@ -291,7 +371,7 @@ class SQLLogStore(ABC):
                 new_size=size,
                 old_root=previous.root_hash,
                 new_root=root,
-                proof=merkle.consistency_proof(previous.size, size, self._stored_node),
+                proof=merkle.consistency_proof(previous.size, size, node),
             )
         except ProofError as exc:
             raise AuditError(

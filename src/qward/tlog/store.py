@@ -1,10 +1,11 @@
 """Durable transparency-log storage on SQLite, the default backend.
 
 The phase logic, proofs and reads live in ``sql_store.SQLLogStore``; this module binds them to one
-SQLite file. The database runs in WAL mode with ``synchronous=FULL``, so a committed transaction
-survives power loss and each phase costs one fsync of the write-ahead log, however many entries it
-carries. ``BEGIN IMMEDIATE`` takes SQLite's single write lock, which serializes writers across
-processes as well as threads. Every SQLite failure surfaces as ``AuditError``.
+SQLite file. The database runs in WAL mode; a durable commit runs with ``synchronous=FULL``, so it
+survives power loss at the cost of one fsync of the write-ahead log, however many entries it
+carries (commits that need no flush of their own run with ``NORMAL``, and the next FULL one
+flushes them). ``BEGIN IMMEDIATE`` takes SQLite's single write lock, which serializes writers
+across processes as well as threads. Every SQLite failure surfaces as ``AuditError``.
 """
 
 from __future__ import annotations
@@ -58,7 +59,9 @@ class SQLiteLogStore(SQLLogStore):
             # The journal mode can only change outside a transaction.
             with store._guard(f"configuring the log database {path}"):
                 mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-                db.execute("PRAGMA synchronous=FULL")
+                # The resting setting is NORMAL: most commits need no flush of their own (see
+                # ``_write``), and a durable one switches to FULL for itself.
+                db.execute("PRAGMA synchronous=NORMAL")
             with store._transaction(f"creating the log schema in {path}"):
                 for statement in _SCHEMA:
                     db.execute(statement)
@@ -88,8 +91,8 @@ class SQLiteLogStore(SQLLogStore):
     def _write(self, *, durable: bool = True) -> Iterator[None]:
         # In WAL mode, synchronous=NORMAL commits to the log file without an fsync: the commit
         # survives a crash of this process, and the next FULL commit's fsync covers it.
-        if not durable:
-            self._db.execute("PRAGMA synchronous=NORMAL")
+        if durable:
+            self._db.execute("PRAGMA synchronous=FULL")
         try:
             self._db.execute("BEGIN IMMEDIATE")
             yield
@@ -99,8 +102,8 @@ class SQLiteLogStore(SQLLogStore):
                 self._db.execute("ROLLBACK")
             raise
         finally:
-            if not durable:
-                self._db.execute("PRAGMA synchronous=FULL")
+            if durable:
+                self._db.execute("PRAGMA synchronous=NORMAL")
 
     def _close(self) -> None:
         self._db.close()
