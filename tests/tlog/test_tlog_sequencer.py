@@ -440,3 +440,21 @@ def test_a_cancelled_request_is_not_waited_for(store: LogBackend) -> None:
         started = time.monotonic()
         assert sequencer.add_published([entry(2)]).result(timeout=10)[0] == [1]
         assert time.monotonic() - started < 10
+
+
+def test_durable_requests_beside_a_receipt_share_its_checkpoint_flush(store: LogBackend) -> None:
+    wrapped = Wrapped(store)
+    wrapped.release.clear()
+    published: list[bytes] = []
+    with start(wrapped, checkpoint_interval=60, on_publish=published.append) as sequencer:
+        first = sequencer.add(entry(0))
+        assert wrapped.entered.wait(5)
+        durable = sequencer.add(entry(1))
+        receipt = sequencer.add_published([entry(2)])
+        wrapped.release.set()
+        assert first.result(timeout=10) == 0
+        assert durable.result(timeout=10) == 1
+        # Answered only once the checkpoint's commit (the batch's one flush) was made.
+        assert published and note_checkpoint(published[0]).size == 3
+        assert receipt.result(timeout=10) == ([2], published[0])
+    assert wrapped.calls == [1, 2] and wrapped.durable == [True, False]

@@ -13,7 +13,8 @@
 3. Requests added with ``add_published`` go, once their entries are sequenced (without an fsync
    of their own), to a second thread, the publisher, which publishes a checkpoint covering them
    (its commit is their fsync), passes it through ``on_publish`` (witness cosignatures) and
-   resolves them with their indices and the checkpoint. Concurrent requests so share one
+   resolves them with their indices and the checkpoint; durable requests sequenced in the same
+   batch are answered after that commit too, rather than paying for a flush of their own. Concurrent requests so share one
    checkpoint signature, and the loop goes on sequencing while one is signed. With
    ``publish_gather``, the publisher first waits up to that long for the requests announced with
    ``expect_publish`` that have not reached it yet (PostgreSQL's ``commit_delay`` with
@@ -81,6 +82,11 @@ def _shares(batch: list[_Request], indices: list[int]) -> Iterator[tuple[_Reques
         count = 1 if isinstance(request.item, bytes) else len(request.item)
         yield request, indices[position : position + count]
         position += count
+
+
+def _acknowledge(request: _Request, indices: list[int]) -> None:
+    """Resolve an ``add`` (its index) or ``add_many`` (their indices) request."""
+    request.future.set_result(indices[0] if isinstance(request.item, bytes) else indices)
 
 
 def _as_audit_error(exc: BaseException) -> AuditError:
@@ -366,23 +372,26 @@ class Sequencer:
         return batch
 
     def _sequence(self, batch: list[_Request]) -> None:
-        # Entries waiting for a checkpoint are flushed by its commit; only requests answered at
-        # once need this commit to be durable.
-        indices = self._store_batch(batch, durable=any(r.durable and not r.publish for r in batch))
+        # With a checkpoint to publish, its commit is the fsync that covers this batch: requests
+        # that need one are answered after it (with the publisher's), the rest at once.
+        publish = any(r.publish for r in batch)
+        durable = not publish and any(r.durable for r in batch)
+        indices = self._store_batch(batch, durable=durable)
         handed: list[tuple[_Request, list[int]]] = []
         for request, mine in _shares(batch, indices):
-            if request.publish:
+            if request.publish or (publish and request.durable):
                 handed.append((request, mine))
             else:
-                request.future.set_result(mine[0] if isinstance(request.item, bytes) else mine)
+                _acknowledge(request, mine)
         if handed:
             self._hand_over(handed)
 
     def _hand_over(self, handed: list[tuple[_Request, list[int]]]) -> None:
-        """Give sequenced ``add_published`` requests to the publisher (failed if it stopped)."""
+        """Give sequenced requests to the publisher, to answer after its commit: those that wait
+        for a checkpoint, and those whose flush it is (failed if it stopped)."""
         with self._lock:
             if self._gather > 0:
-                self._awaiting -= len(handed)
+                self._awaiting -= sum(1 for request, _ in handed if request.publish)
             if self._error is None and not self._publisher_done:
                 self._handed.extend(handed)
                 self._handoff.notify()
@@ -403,7 +412,10 @@ class Sequencer:
                     return
                 note = self._checkpoint()
                 for request, mine in group:
-                    request.future.set_result((mine, note))
+                    if request.publish:
+                        request.future.set_result((mine, note))
+                    else:
+                        _acknowledge(request, mine)
                 group = []
         except BaseException as exc:
             self._fail(exc, [request for request, _ in group])
