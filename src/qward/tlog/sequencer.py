@@ -14,12 +14,12 @@
    of their own), to a second thread, the publisher, which publishes a checkpoint covering them
    (its commit is their fsync), passes it through ``on_publish`` (witness cosignatures) and
    resolves them with their indices and the checkpoint; durable requests sequenced in the same
-   batch are answered after that commit too, rather than paying for a flush of their own. Concurrent requests so share one
-   checkpoint signature, and the loop goes on sequencing while one is signed. With
-   ``publish_gather``, the publisher first waits up to that long for the requests announced with
-   ``expect_publish`` that have not reached it yet (PostgreSQL's ``commit_delay`` with
-   ``commit_siblings``, for checkpoints): under load one signature then covers many requests,
-   while a lone request, with nothing announced, never waits.
+   batch are answered after that commit too, rather than paying for a flush of their own.
+   Concurrent requests so share one checkpoint signature, and the loop goes on sequencing while
+   one is signed. With ``publish_gather``, the publisher first waits up to that long for the
+   requests announced with ``expect_publish`` that have not reached it yet (PostgreSQL's
+   ``commit_delay`` with ``commit_siblings``, for checkpoints): under load one signature then
+   covers many requests, while a lone request, with nothing announced, never waits.
 4. When entries were acknowledged that no checkpoint covers yet, and ``checkpoint_interval`` has
    passed since the last checkpoint began, integrate and publish, so that a checkpoint covers an
    entry within about that interval plus the time to integrate and sign.
