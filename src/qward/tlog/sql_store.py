@@ -254,7 +254,9 @@ class SQLLogStore(ABC):
         starts again).
         """
         for _ in range(_PUBLISH_ATTEMPTS):
-            prepared = self._prepare(origin=origin, signers=signers, integrate=integrate)
+            prepared = self._prepare(
+                origin=origin, signers=signers, integrate=integrate, fence=fence
+            )
             if isinstance(prepared, bytes):
                 return prepared
             note = sign_note(
@@ -269,11 +271,19 @@ class SQLLogStore(ABC):
         )
 
     def _prepare(
-        self, *, origin: str, signers: Sequence[NoteSigner], integrate: bool
+        self,
+        *,
+        origin: str,
+        signers: Sequence[NoteSigner],
+        integrate: bool,
+        fence: Fence | None,
     ) -> _Prepared | bytes:
-        """Steps 1 to 3: what to sign, or the latest note if it already covers the tree."""
+        """Steps 0 to 3: what to sign, or the latest note if it already covers the tree (the
+        fence is checked again when the checkpoint is stored)."""
         ids = signer_ids(signers)
         with self._guard(f"publishing a checkpoint for {origin!r}"):
+            if fence is not None:
+                self._check_fence(fence)
             integrated = self._meta("integrated_size")
             sequenced = self._sequenced() if integrate else integrated
             if integrated > sequenced:
