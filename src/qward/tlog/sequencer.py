@@ -350,26 +350,22 @@ class Sequencer:
             self._poked = False
             if self._max_delay and not self._closing and self._queued < self._max_batch:
                 self._queue.wait(self._max_delay)
-            return self._take_pending(0)
-
-    def _take_pending(self, taken: int) -> list[_Request]:
-        """Pop queued requests, up to ``max_batch`` entries with ``taken`` already in the batch
-        (at least one request when the batch is empty); the caller holds ``_queue``."""
-        batch: list[_Request] = []
-        while self._pending and ((not batch and not taken) or taken < self._max_batch):
-            request = self._pending[0]
-            size = 1 if isinstance(request.item, bytes) else max(1, len(request.item))
-            if (batch or taken) and taken + size > self._max_batch:
-                break
-            self._pending.popleft()
-            self._queued -= size
-            # After this, a caller's ``cancel`` fails, so the result can always be set.
-            if request.future.set_running_or_notify_cancel():
-                batch.append(request)
-                taken += size
-            elif request.publish and self._gather > 0:
-                self._awaiting -= 1  # cancelled: it will never reach the publisher
-        return batch
+            batch: list[_Request] = []
+            taken = 0
+            while self._pending and (not batch or taken < self._max_batch):
+                request = self._pending[0]
+                size = 1 if isinstance(request.item, bytes) else max(1, len(request.item))
+                if batch and taken + size > self._max_batch:
+                    break
+                self._pending.popleft()
+                self._queued -= size
+                # After this, a caller's ``cancel`` fails, so the result can always be set.
+                if request.future.set_running_or_notify_cancel():
+                    batch.append(request)
+                    taken += size
+                elif request.publish and self._gather > 0:
+                    self._awaiting -= 1  # cancelled: it will never reach the publisher
+            return batch
 
     def _sequence(self, batch: list[_Request]) -> None:
         # With a checkpoint to publish, its commit is the fsync that covers this batch: requests
