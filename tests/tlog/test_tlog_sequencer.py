@@ -17,7 +17,7 @@ from qward.tlog.audit import verify_log
 from qward.tlog.backend import MAX_ENTRY_BYTES, LogBackend, note_checkpoint
 from qward.tlog.merkle import leaf_hash, verify_inclusion
 from qward.tlog.note import Ed25519NoteSigner, MLDSA44NoteSigner, NoteSigner
-from qward.tlog.sequencer import Sequencer
+from qward.tlog.sequencer import PublishTicket, Sequencer
 
 from .conftest import LogDatabase
 
@@ -322,13 +322,23 @@ def test_a_batch_is_fsynced_unless_every_request_in_it_waived_it(store: LogBacke
 
 
 def _gathering(sequencer: Sequencer) -> bool:
-    """Whether the loop waits for an announced request (white-box: its one flag)."""
+    """Whether the publisher waits for an announced request (white-box: its one flag)."""
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
         if sequencer._gathering:
             return True
         time.sleep(0.005)
     return False
+
+
+def _gather_for_one(sequencer: Sequencer) -> tuple[PublishTicket, Future[Any]]:
+    """Announce a request, queue another that asks for a checkpoint, and wait until the
+    publisher gathers for the announced one: its ticket and the waiting request's future."""
+    ticket = sequencer.expect_publish()
+    waiting = sequencer.add_published([entry(0)])
+    assert _gathering(sequencer)
+    assert not waiting.done()
+    return ticket, waiting
 
 
 def test_an_announced_request_shares_the_checkpoint_signed_while_it_ran(
@@ -338,10 +348,7 @@ def test_an_announced_request_shares_the_checkpoint_signed_while_it_ran(
     with start(
         store, checkpoint_interval=60, publish_gather=30, on_publish=published.append
     ) as sequencer:
-        ticket = sequencer.expect_publish()
-        early = sequencer.add_published([entry(0)])
-        assert _gathering(sequencer)
-        assert not early.done()
+        ticket, early = _gather_for_one(sequencer)
         started = time.monotonic()
         late = sequencer.add_published([entry(1)], ticket=ticket)
         (first, note), (second, other) = early.result(timeout=10), late.result(timeout=10)
@@ -361,9 +368,7 @@ def test_a_lone_request_never_waits_for_a_gathering(store: LogBackend) -> None:
 
 def test_a_withdrawn_announcement_ends_the_wait(store: LogBackend) -> None:
     with start(store, checkpoint_interval=60, publish_gather=30) as sequencer:
-        ticket = sequencer.expect_publish()
-        waiting = sequencer.add_published([entry(0)])
-        assert _gathering(sequencer) and not waiting.done()
+        ticket, waiting = _gather_for_one(sequencer)
         ticket.release()
         ticket.release()  # twice is harmless: the count is not taken below zero
         assert waiting.result(timeout=10)[0] == [0]
@@ -387,9 +392,7 @@ def test_entries_that_need_no_checkpoint_are_not_held_by_a_gathering(store: LogB
     with start(
         store, checkpoint_interval=60, publish_gather=30, on_publish=published.append
     ) as sequencer:
-        ticket = sequencer.expect_publish()
-        receipt = sequencer.add_published([entry(0)])
-        assert _gathering(sequencer)
+        ticket, receipt = _gather_for_one(sequencer)
         # The announced run may be waiting for exactly this record (its key use) to go on.
         assert sequencer.add_many([entry(1)], durable=False).result(timeout=10) == [1]
         assert not receipt.done()
@@ -412,9 +415,7 @@ def test_an_invalid_announced_request_releases_its_ticket(store: LogBackend) -> 
 def test_a_failure_after_gathering_fails_every_gathered_request(store: LogBackend) -> None:
     wrapped = Wrapped(store)
     sequencer = start(wrapped, checkpoint_interval=60, publish_gather=30)
-    ticket = sequencer.expect_publish()
-    early = sequencer.add_published([entry(0)])
-    assert _gathering(sequencer)
+    ticket, early = _gather_for_one(sequencer)
     wrapped.failure = OSError("disk gone")
     late = sequencer.add_published([entry(1)], ticket=ticket)
     for future in (early, late):

@@ -27,7 +27,7 @@ from typing import NamedTuple, Protocol
 from qward.errors import AuditError, FencedError
 from qward.tlog.backend import Fence, LogBackend, note_checkpoint
 from qward.tlog.note import NoteSigner
-from qward.tlog.sequencer import Sequencer, _Request, _shares
+from qward.tlog.sequencer import Sequencer, _acknowledge, _Request, _shares
 
 __all__ = ["Coordination", "SharedLogSequencer"]
 
@@ -134,7 +134,7 @@ class SharedLogSequencer(Sequencer):
         waiting = False
         for request, mine in _shares(batch, indices):
             if not request.publish:
-                request.future.set_result(mine[0] if isinstance(request.item, bytes) else mine)
+                _acknowledge(request, mine)
                 continue
             # An empty group asks for everything sequenced so far, by any process.
             size = mine[-1] + 1 if mine else self._store.sequenced_size()
