@@ -13,14 +13,18 @@ integrating, the checkpoint signature and the one fsync).
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
+import socket
 import time
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 
+from cryptography.hazmat.primitives import hpke
 from cryptography.hazmat.primitives.asymmetric import ed25519, mldsa
 
+from qward.crypto.envelope import hpke_suite
 from qward.receipts.trust import TrustBundle
 from qward.sdk.client import seal_input
 from qward.tensors import Tensor
@@ -28,8 +32,10 @@ from qward.tensors import Tensor
 __all__ = [
     "cpu_seconds",
     "crypto_costs",
+    "floor_costs",
     "print_breakdown",
     "print_cpu",
+    "print_floor",
     "span_means",
 ]
 
@@ -78,8 +84,14 @@ def crypto_costs(trust: TrustBundle, inputs: tuple[Tensor, ...]) -> dict[str, fl
     message = b"x" * 200
     ed_sig, ml44_sig = ed.sign(message), ml44.sign(message)
     ed_public, ml44_public = ed.public_key(), ml44.public_key()
+    suite = hpke_suite()
+    recipient = hpke.MLKEM768X25519PrivateKey.generate()
+    wrapped = suite.encrypt(bytes(32), recipient.public_key(), b"info")
     return {
         "HPKE seal of the input (client)": _timed(lambda: seal_input(inputs, trust=trust)),
+        "HPKE open of a data key (core)": _timed(
+            lambda: suite.decrypt(wrapped, recipient, b"info")
+        ),
         "checkpoint signature (Ed25519 + ML-DSA-44)": _timed(
             lambda: (ed.sign(message), ml44.sign(message))
         ),
@@ -90,6 +102,63 @@ def crypto_costs(trust: TrustBundle, inputs: tuple[Tensor, ...]) -> dict[str, fl
             lambda: (ed_public.verify(ed_sig, message), ml44_public.verify(ml44_sig, message))
         ),
     }
+
+
+def floor_costs(directory: Path) -> dict[str, float]:
+    """Milliseconds per call of what a request needs besides crypto, timed alone here: the one
+    flush to disk (a 4 KiB write and ``fdatasync`` in ``directory``, as a log commit makes) and
+    a round trip to another process over a socket pair (as client to core, and core to worker)."""
+    with (directory / "floor.bin").open("wb", buffering=0) as out:
+
+        def flush() -> None:
+            out.write(bytes(4096))
+            os.fdatasync(out.fileno())
+
+        flush_ms = _timed(flush)
+    near, far = socket.socketpair()
+    echo = multiprocessing.get_context("fork").Process(target=_echo, args=(far,), daemon=True)
+    echo.start()
+    far.close()
+    try:
+
+        def round_trip() -> None:
+            near.sendall(b"x" * 512)
+            near.recv(4096)
+
+        trip_ms = _timed(round_trip, 1000)
+    finally:
+        near.close()
+        echo.join(5)
+    return {
+        "fdatasync of a 4 KiB write (the log commit)": flush_ms,
+        "socket round trip to another process (512 bytes)": trip_ms,
+    }
+
+
+def _echo(sock: socket.socket) -> None:
+    while data := sock.recv(4096):
+        sock.sendall(data)
+
+
+def print_floor(crypto: dict[str, float], other: dict[str, float], goal_ms: float) -> None:
+    """Print the primitives and the least a sequential checkpoint-receipt request can add: seal,
+    open, one checkpoint signature and its verification, one flush, and two process round
+    trips (client to core, core to worker), with no Python around them."""
+    print("primitives alone (ms per call):")
+    for what, ms in {**crypto, **other}.items():
+        print(f"  {ms:7.3f} ms  {what}")
+    floor = (
+        crypto["HPKE seal of the input (client)"]
+        + crypto["HPKE open of a data key (core)"]
+        + crypto["checkpoint signature (Ed25519 + ML-DSA-44)"]
+        + crypto["checkpoint verification (Ed25519 + ML-DSA-44)"]
+        + other["fdatasync of a 4 KiB write (the log commit)"]
+        + 2 * other["socket round trip to another process (512 bytes)"]
+    )
+    print(
+        f"  {floor:7.3f} ms  floor of one sequential request (checkpoint receipts): the sum of "
+        f"the above it needs; the goal is {goal_ms:.1f} ms added"
+    )
 
 
 def print_breakdown(label: str, client_ms: float, spans: dict[str, float]) -> None:
