@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from cryptography.hazmat.primitives import hpke
-from cryptography.hazmat.primitives.asymmetric import ed25519, mldsa
+from cryptography.hazmat.primitives.asymmetric import ed25519, mldsa, mlkem, x25519
 
 from qward.crypto.envelope import hpke_suite
 from qward.receipts.trust import TrustBundle
@@ -85,7 +85,9 @@ def crypto_costs(trust: TrustBundle, inputs: tuple[Tensor, ...]) -> dict[str, fl
     ed_sig, ml44_sig = ed.sign(message), ml44.sign(message)
     ed_public, ml44_public = ed.public_key(), ml44.public_key()
     suite = hpke_suite()
-    recipient = hpke.MLKEM768X25519PrivateKey.generate()
+    recipient = hpke.MLKEM768X25519PrivateKey(
+        mlkem.MLKEM768PrivateKey.generate(), x25519.X25519PrivateKey.generate()
+    )
     wrapped = suite.encrypt(bytes(32), recipient.public_key(), b"info")
     return {
         "HPKE seal of the input (client)": _timed(lambda: seal_input(inputs, trust=trust)),
