@@ -212,10 +212,23 @@ def cpu_seconds(root: int) -> dict[str, float]:
     return dict(totals)
 
 
-def print_cpu(label: str, before: dict[str, float], after: dict[str, float], requests: int) -> None:
-    """Print the CPU milliseconds per request each role spent between two ``cpu_seconds``."""
-    parts = [
-        f"{role} {(after[role] - before.get(role, 0.0)) / requests * 1e3:.2f}"
-        for role in sorted(after)
-    ]
-    print(f"  {label} CPU per request (ms): " + ", ".join(parts))
+def print_cpu(
+    label: str,
+    before: dict[str, float],
+    after: dict[str, float],
+    requests: int,
+    load_ms: float,
+) -> float:
+    """Print the CPU milliseconds per request each role spent between two ``cpu_seconds``, and
+    the load generator's own ``load_ms``; return the CPU-bound ceiling in requests per second.
+
+    Server and load generator share the machine's CPUs, so at full load no server can answer
+    more than ``CPUs / (its CPU per request + the generator's)`` requests a second: the ratio of
+    two ceilings bounds the ratio of the throughputs measured.
+    """
+    spent = {role: (after[role] - before.get(role, 0.0)) / requests * 1e3 for role in after}
+    parts = [f"{role} {ms:.2f}" for role, ms in sorted(spent.items())]
+    print(
+        f"  {label} CPU per request (ms): " + ", ".join(parts) + f"; load generator {load_ms:.2f}"
+    )
+    return (os.cpu_count() or 1) * 1e3 / (sum(spent.values()) + load_ms)

@@ -212,12 +212,13 @@ def main() -> None:
             names = {"plain": "iris", "qward": _register(qward_url, auth, custom)}
             for run in range(args.runs):
                 print(f"run {run + 1} of {args.runs}:")
-                results = {}
+                results, ceilings = {}, {}
                 for name, url, headers, proc in (
                     ("plain", plain_url, {}, plain),
                     ("qward", qward_url, auth, served),
                 ):
                     before, signed = cpu_seconds(proc.pid), _checkpoints(state)
+                    load_start = time.process_time()
                     latencies = asyncio.run(
                         _load(
                             f"{url}/v2/models/{names[name]}/infer",
@@ -227,8 +228,11 @@ def main() -> None:
                             args.concurrency,
                         )
                     )
+                    load_ms = (time.process_time() - load_start) / len(latencies) * 1e3
                     results[name] = _report(name, latencies, args.seconds)
-                    print_cpu(name, before, cpu_seconds(proc.pid), len(latencies))
+                    ceilings[name] = print_cpu(
+                        name, before, cpu_seconds(proc.pid), len(latencies), load_ms
+                    )
                     if name == "qward":
                         signatures = max(1, _checkpoints(state) - signed)
                         print(
@@ -237,7 +241,10 @@ def main() -> None:
                         )
                 (plain_rate, plain_p99), (ours, our_p99) = results["plain"], results["qward"]
                 ratios.append((ours / plain_rate, our_p99 / plain_p99))
-                print(f"  qward/plain throughput {ratios[-1][0]:.2f}x, p99 {ratios[-1][1]:.2f}x")
+                print(
+                    f"  qward/plain throughput {ratios[-1][0]:.2f}x, p99 {ratios[-1][1]:.2f}x; "
+                    f"CPU-bound ceiling {ceilings['qward'] / ceilings['plain']:.2f}x"
+                )
         finally:
             _stop(plain, served)
         throughput = sorted(r for r, _ in ratios)
