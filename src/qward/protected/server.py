@@ -29,6 +29,7 @@ from qward.core_api import MAX_FRAME_PAYLOAD
 from qward.encoding import read_limited
 from qward.errors import FormatError, InputError, KeystoreError, QwardError
 from qward.framing import recv_frame, send_frame
+from qward.heap import settle_heap
 from qward.privileges import (
     CAP_SETGID,
     CAP_SETUID,
@@ -402,6 +403,7 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
+    settle_heap()
     print(f"qward core ready on {sock_path}", file=sys.stderr, flush=True)
     try:
         server.serve_forever(poll_interval=0.2)

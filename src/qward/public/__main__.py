@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from qward.errors import QwardError
+from qward.heap import settle_heap
 from qward.privileges import ServiceUser, drop_to, exit_with_parent, parse_uid_gid
 
 __all__ = ["main"]
@@ -54,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     except QwardError as exc:
         print(f"qward public: {exc}", file=sys.stderr)
         return 2
+    settle_heap()
     uvicorn.run(
         api,
         host=args.host,

@@ -25,6 +25,7 @@ import onnxruntime as ort
 
 from qward.errors import FormatError, InputError, QwardError, RuntimeFailure
 from qward.framing import read_frame, write_frame
+from qward.heap import settle_heap
 from qward.runtime import isolation, sandbox
 from qward.runtime.circuit_spec import CIRCUIT_CONTENT_TYPE, parse_circuit_spec
 from qward.runtime.determinism import (
@@ -361,6 +362,7 @@ def _serve(stdin: BinaryIO, stdout: BinaryIO) -> int:
         return 2
     del payload
     limits = _limits(header)  # already checked by the load
+    settle_heap()
     write_frame(stdout, info)
     while True:
         try:
