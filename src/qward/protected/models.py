@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import queue
 import sys
 import threading
 from collections.abc import Callable, Iterator
@@ -14,6 +13,7 @@ from pathlib import Path
 
 from qward.encoding import canonical_json, parse_canonical_json, read_limited
 from qward.errors import InputError, NotFoundError, QwardError
+from qward.protected.fair_queue import FairQueue
 from qward.runtime.circuit_spec import CIRCUIT_CONTENT_TYPE
 from qward.runtime.llm_profile import GGUF_CONTENT_TYPE
 from qward.runtime.supervisor import WorkerPolicy, WorkerProcess
@@ -61,7 +61,7 @@ class ModelEntry:
     #: The verified model-signing record (method, identity, signature_sha256), if signed.
     signature: dict[str, str] | None = None
     pool: list[WorkerProcess] = field(default_factory=list)
-    idle: queue.SimpleQueue[WorkerProcess] = field(default_factory=queue.SimpleQueue)
+    idle: FairQueue[WorkerProcess] = field(default_factory=FairQueue)
     unloaded: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
 
