@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import gc
+import subprocess
+import sys
 import weakref
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -58,3 +61,27 @@ def test_garbage_made_after_settling_is_still_freed(settled: None) -> None:
     garbage = _cycle()
     gc.collect()
     assert garbage() is None
+
+
+_EXITING_PROCESS = """
+import sqlite3, sys
+from qward.heap import settle_heap
+
+class Store:  # built at start-up, in a reference cycle, never closed explicitly
+    def __init__(self, path):
+        self.me = self
+        self.db = sqlite3.connect(path, isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("CREATE TABLE t (x)")
+
+store = Store(sys.argv[1])
+settle_heap()
+store.db.execute("INSERT INTO t VALUES (1)")
+"""
+
+
+def test_what_start_up_built_is_still_finalized_at_exit(tmp_path: Path) -> None:
+    db = tmp_path / "log.sqlite"
+    subprocess.run([sys.executable, "-c", _EXITING_PROCESS, str(db)], check=True, timeout=120)
+    # Closed at exit: SQLite folded the write-ahead log back into the database and removed it.
+    assert not (tmp_path / "log.sqlite-wal").exists()

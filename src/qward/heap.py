@@ -9,6 +9,7 @@ latency. Frozen, they are left out of every later collection.
 
 from __future__ import annotations
 
+import atexit
 import gc
 
 __all__ = ["settle_heap"]
@@ -19,6 +20,10 @@ def settle_heap() -> None:
 
     Call once, when the process is ready to serve: objects created afterwards are collected as
     usual. The collection comes first so that no garbage is frozen (it would never be freed).
+    At exit everything is thawed again, so the interpreter's last collection still finalizes
+    what start-up built: a log database left in a reference cycle is closed, and its write-ahead
+    log folded back into it, as before.
     """
     gc.collect()
     gc.freeze()
+    atexit.register(gc.unfreeze)
