@@ -192,3 +192,19 @@ def test_a_failed_run_withdraws_its_announced_receipt(
     monkeypatch.undo()
     assert service.dispatch(header, payload)[0]["ok"]
     assert sequencer._expected == 0
+
+
+def test_closing_the_auditor_closes_its_log_database(tmp_path: Path) -> None:
+    keys = create_keystore(tmp_path, origin="test.example/log")
+    store = SQLiteLogStore.open(tmp_path / "log.sqlite")
+    auditor = Auditor(store=store, origin=keys.origin, signers=keys.log_signers)
+    auditor.record([b"an entry"])
+    assert (tmp_path / "log.sqlite-wal").exists()
+    auditor.close()
+    # The last connection closed: SQLite folded the write-ahead log back into the database.
+    assert not (tmp_path / "log.sqlite-wal").exists()
+    with pytest.raises(AuditError):
+        store.size()
+    reopened = SQLiteLogStore.open(tmp_path / "log.sqlite")
+    assert reopened.entry(0) == b"an entry"
+    reopened.close()

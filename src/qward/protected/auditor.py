@@ -211,8 +211,12 @@ class Auditor:
         self._sequencer.set_signers(signers)
 
     def close(self) -> None:
-        """Drain pending appends, publish a final checkpoint and stop the sequencer."""
-        self._sequencer.close(timeout=_APPEND_TIMEOUT)
+        """Drain pending appends, publish a final checkpoint, stop the sequencer and close the
+        store (it is the auditor's: a reopened one is too)."""
+        try:
+            self._sequencer.close(timeout=_APPEND_TIMEOUT)
+        finally:
+            self._store.close()
 
     def _cosign(self, note: bytes) -> bytes:
         """Collect witness cosignatures on a newly published ``note`` and store them with it."""
